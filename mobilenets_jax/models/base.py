@@ -54,10 +54,11 @@ class ZooModel(nn.Module):
         layers.check_images(x, model_name=type(self).__name__, min_size=self.min_input_size)
         return jnp.asarray(x, self.dtype)
 
-    def head(self, x, train: bool, *, pool: bool = True):
-        """Global average pool, dropout, classifier (with bias); logits are returned in float32."""
+    def head(self, x, train: bool, *, pool: bool = True, use_bias: bool = True):
+        """Global average pool, dropout, classifier; logits are returned in float32."""
         if pool:
             x = layers.global_average_pool(x)
         x = nn.Dropout(self.dropout_rate, deterministic=not train, name='dropout')(x)
-        x = layers.classifier(x, self.num_classes, dtype=self.dtype, param_dtype=self.param_dtype)
+        x = layers.classifier(x, self.num_classes, dtype=self.dtype, param_dtype=self.param_dtype,
+                              use_bias=use_bias)
         return jnp.asarray(x, jnp.float32)

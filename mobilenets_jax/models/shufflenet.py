@@ -100,7 +100,9 @@ class ShuffleNetV1(ZooModel):
                     features=features, strides=2 if repeat == 0 else 1, groups=g,
                     first_conv_groups=1 if (stage == 0 and repeat == 0) else g, conv=conv, depthwise=depthwise,
                     norm=norm, padding_style=self.padding_style, name=f'stage{stage + 2}_unit{repeat + 1}')(x)
-        return self.head(x, train)
+        # The authors' released ShuffleNetV1 (megvii ShuffleNet-Series) has no classifier bias; its
+        # published parameter counts depend on that.
+        return self.head(x, train, use_bias=False)
 
 
 class ShuffleV2Unit(nn.Module):
