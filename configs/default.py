@@ -4,6 +4,7 @@ Configs override a few fields: `config = default.get_config(); config.model.name
 be changed from the command line: `--config.model.alpha=0.5 --config.rho=0.714`.
 """
 import ml_collections
+from ml_collections.config_dict import placeholder
 
 
 def get_config() -> ml_collections.ConfigDict:
@@ -12,18 +13,19 @@ def get_config() -> ml_collections.ConfigDict:
     config.model = ml_collections.ConfigDict()
     config.model.name = 'mobilenet_v1'
     config.model.alpha = 1.0             # width multiplier
-    config.model.groups = None           # shufflenet_v1 only
+    config.model.groups = placeholder(int)   # shufflenet_v1 only (None elsewhere)
     config.model.dropout_rate = 1e-3
     config.model.padding_style = 'same'  # TensorFlow SAME; 'symmetric' for PyTorch-trained weights
+    config.model.bn_momentum = placeholder(float)  # None: the family's TensorFlow default (0.99; V3 0.999)
     config.model.depthwise_impl = 'xla'  # or 'shifted' (same parameters, faster on CPU)
     config.model.options = ml_collections.ConfigDict()  # family options, e.g. activation='relu6' for V1
 
     config.dataset = 'imagenet2012'
-    config.data_dir = None               # TFDS data_dir (None: TFDS default, ~/tensorflow_datasets)
+    config.data_dir = placeholder(str)    # TFDS data_dir (None: TFDS default, ~/tensorflow_datasets)
     config.rho = 1.0                     # resolution multiplier: image size = round(rho * base size)
     config.augment = True                # random crops/flips (off to match the CIFAR study)
     config.normalization = 'inception'   # pixels to [-1, 1]; 'unit' for [0, 1]
-    config.eval_split = None             # None: the dataset's validation/test split
+    config.eval_split = placeholder(str)  # None: the dataset's validation/test split
 
     config.batch_size = 1024             # global, over all devices of all hosts
     config.num_epochs = 300.0

@@ -126,7 +126,8 @@ def check_image_size(name: str, height: int, width: Optional[int] = None) -> Non
 def create_model(name: str, *, num_classes: Optional[int] = None, alpha: float = 1.0,
                  groups: Optional[int] = None, dtype: Any = jnp.float32, param_dtype: Any = jnp.float32,
                  dropout_rate: Optional[float] = None, padding_style: str = 'same',
-                 depthwise_impl: str = 'xla', bn_axis_name: Optional[str] = None, **options) -> ZooModel:
+                 depthwise_impl: str = 'xla', bn_axis_name: Optional[str] = None,
+                 bn_momentum: Optional[float] = None, **options) -> ZooModel:
     """Builds an architecture by name.
 
     Args:
@@ -139,6 +140,9 @@ def create_model(name: str, *, num_classes: Optional[int] = None, alpha: float =
       padding_style: 'same' (TensorFlow) or 'symmetric' (PyTorch).
       depthwise_impl: 'xla' or 'shifted' (see `layers.DepthwiseConv2D`).
       bn_axis_name: named mesh axis for synchronized batch statistics (None: per device).
+      bn_momentum: BatchNorm running-average momentum; None keeps the family's TensorFlow default
+        (0.99; 0.999 for V3). Short runs need less (e.g. 0.9) for the running statistics to forget
+        their initial values.
       **options: family options; MobileNetV1 takes `activation` ('relu' or 'relu6').
 
     Returns:
@@ -154,6 +158,8 @@ def create_model(name: str, *, num_classes: Optional[int] = None, alpha: float =
         raise ValueError(f'padding_style={padding_style!r}; allowed: {", ".join(layers.PADDING_STYLES)}')
     if depthwise_impl not in layers.DEPTHWISE_IMPLS:
         raise ValueError(f'depthwise_impl={depthwise_impl!r}; allowed: {", ".join(layers.DEPTHWISE_IMPLS)}')
+    if bn_momentum is not None and not 0.0 <= bn_momentum < 1.0:
+        raise ValueError(f'bn_momentum={bn_momentum!r}: must be in [0, 1)')
     if dropout_rate is not None and not 0.0 <= dropout_rate < 1.0:
         raise ValueError(f'dropout_rate={dropout_rate!r}: must be in [0, 1)')
     unknown = sorted(set(options) - set(spec.options))
@@ -171,4 +177,6 @@ def create_model(name: str, *, num_classes: Optional[int] = None, alpha: float =
         kwargs['groups'] = groups
     if dropout_rate is not None:
         kwargs['dropout_rate'] = float(dropout_rate)
+    if bn_momentum is not None:
+        kwargs['bn_momentum'] = float(bn_momentum)
     return spec.module(**kwargs)

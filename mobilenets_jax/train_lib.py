@@ -1,0 +1,442 @@
+"""Data-parallel training: the per-device step, the mesh around it, and the training loop.
+
+The step is written with pmap semantics (a named batch axis, gradients averaged with `lax.pmean`) and
+run by `jax.shard_map` inside `jax.jit` over a 1-D mesh of every device of every process. The train
+state is replicated; each device sees `batch_size / num_devices` examples.
+
+    state = {'step', 'params', 'batch_stats', 'opt_state', 'ema_params', 'ema_batch_stats', 'rng'}
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import math
+import os
+import signal
+import time
+from typing import Any, Callable, Optional
+
+from absl import logging
+import jax
+from jax import lax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from mobilenets_jax import checkpoints, config_lib, optim
+from mobilenets_jax.models import init_variables
+
+BATCH_AXIS = 'batch'
+_OPTIMIZERS = ('rmsprop', 'adam', 'sgd')
+_SCHEDULES = ('exponential', 'cosine', 'constant')
+
+
+class NonFiniteLossError(RuntimeError):
+    """Raised when the training loss becomes NaN or infinite."""
+
+
+# ----------------------------------------------------------------------------------------------
+# Mesh and placement
+# ----------------------------------------------------------------------------------------------
+
+def create_mesh(devices=None) -> Mesh:
+    """A 1-D mesh named 'batch' over all devices of all processes."""
+    devices = jax.devices() if devices is None else devices
+    return Mesh(np.asarray(devices), (BATCH_AXIS,))
+
+
+def replicate(tree: Any, mesh: Mesh) -> Any:
+    """Places identical host values on every device of the mesh (every process passes the same values)."""
+    sharding = NamedSharding(mesh, P())
+    return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)), tree)
+
+
+def shard_batch(batch: dict, mesh: Mesh) -> dict:
+    """Builds global arrays from this process's share of the batch (split over the 'batch' axis)."""
+    sharding = NamedSharding(mesh, P(BATCH_AXIS))
+    return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v)) for k, v in batch.items()}
+
+
+# ----------------------------------------------------------------------------------------------
+# Config checks (before anything compiles)
+# ----------------------------------------------------------------------------------------------
+
+def validate_config(config: ml_collections.ConfigDict, num_devices: int) -> None:
+    """Raises ValueError naming the offending config field; runs before any compilation."""
+    from mobilenets_jax.data import input_pipeline
+    input_pipeline.get_dataset_info(config.dataset)  # unknown dataset → ValueError listing the valid ones
+    config_lib.create_model(config)                   # unknown model, bad alpha/groups, too small rho
+    if not isinstance(config.batch_size, int) or config.batch_size < 1:
+        raise ValueError(f'config.batch_size={config.batch_size!r}: must be a positive integer')
+    if config.batch_size % num_devices:
+        raise ValueError(f'config.batch_size={config.batch_size} is not divisible by the {num_devices} devices; '
+                         f'use a multiple of {num_devices}')
+    if config.num_train_steps <= 0 and not config.num_epochs > 0:
+        raise ValueError(f'config.num_epochs={config.num_epochs!r}: must be > 0 (or set config.num_train_steps)')
+    if config.optimizer not in _OPTIMIZERS:
+        raise ValueError(f'config.optimizer={config.optimizer!r}; allowed: {", ".join(_OPTIMIZERS)}')
+    if config.schedule not in _SCHEDULES:
+        raise ValueError(f'config.schedule={config.schedule!r}; allowed: {", ".join(_SCHEDULES)}')
+    if not 0.0 <= config.ema_decay < 1.0:
+        raise ValueError(f'config.ema_decay={config.ema_decay!r}: must be in [0, 1) (0 disables EMA)')
+    if not 0.0 <= config.label_smoothing < 1.0:
+        raise ValueError(f'config.label_smoothing={config.label_smoothing!r}: must be in [0, 1)')
+    if config.learning_rate <= 0:
+        raise ValueError(f'config.learning_rate={config.learning_rate!r}: must be > 0')
+    for field in ('log_every_steps', 'checkpoint_every_steps', 'keep_checkpoints'):
+        if config[field] < 1:
+            raise ValueError(f'config.{field}={config[field]!r}: must be >= 1')
+    if not config.eval_every_epochs > 0:
+        raise ValueError(f'config.eval_every_epochs={config.eval_every_epochs!r}: must be > 0')
+
+
+# ----------------------------------------------------------------------------------------------
+# Model, optimizer, state
+# ----------------------------------------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class Setup:
+    """Everything derived from the config that the steps and the loop need."""
+    model: Any
+    tx: optax.GradientTransformation
+    learning_rate_fn: Callable
+    image_size: int
+    num_classes: int
+    steps_per_epoch: int
+    total_steps: int
+    num_train_examples: int
+
+
+def create_setup(config: ml_collections.ConfigDict, num_train_examples: int) -> Setup:
+    from mobilenets_jax.data import input_pipeline
+    info = input_pipeline.get_dataset_info(config.dataset)
+    model = config_lib.create_model(
+        config, dtype=jnp.bfloat16 if config.half_precision else jnp.float32,
+        bn_axis_name=BATCH_AXIS if config.sync_batch_stats else None)
+    steps_per_epoch = max(1, num_train_examples // config.batch_size)
+    if config.num_train_steps > 0:
+        total_steps = int(config.num_train_steps)
+    else:
+        total_steps = max(1, int(math.ceil(config.num_epochs * steps_per_epoch)))
+    base_lr = config.learning_rate * (config.batch_size / 256.0 if config.scale_learning_rate else 1.0)
+    learning_rate_fn = optim.learning_rate_schedule(
+        base_learning_rate=base_lr, steps_per_epoch=steps_per_epoch,
+        num_epochs=total_steps / steps_per_epoch, warmup_epochs=config.warmup_epochs,
+        schedule=config.schedule, decay_rate=config.lr_decay_rate, decay_epochs=config.lr_decay_epochs)
+    tx = optim.create_optimizer(
+        learning_rate_fn=learning_rate_fn, weight_decay=config.weight_decay, optimizer=config.optimizer,
+        rmsprop_decay=config.rmsprop_decay, momentum=config.momentum, epsilon=config.epsilon,
+        grad_clip_norm=config.grad_clip_norm or None)
+    return Setup(model, tx, learning_rate_fn, config_lib.image_size(config), info.num_classes, steps_per_epoch,
+                 total_steps, num_train_examples)
+
+
+def initial_state(setup: Setup, config: ml_collections.ConfigDict, mesh: Mesh) -> dict:
+    """A fresh, replicated train state (host-side init: nothing is compiled but the optimizer init)."""
+    variables = init_variables(setup.model, config.seed, (1, setup.image_size, setup.image_size, 3))
+    params = replicate(variables['params'], mesh)
+    batch_stats = replicate(variables.get('batch_stats', {}), mesh)
+    replicated = NamedSharding(mesh, P())
+    opt_state = jax.jit(setup.tx.init, out_shardings=replicated)(params)
+    rng = np.asarray(jax.random.key_data(jax.random.key(config.seed)))
+    return {
+        'step': replicate(np.zeros((), np.int32), mesh),
+        'params': params,
+        'batch_stats': batch_stats,
+        'opt_state': opt_state,
+        # separate buffers: the step donates the state, and a buffer may be donated only once
+        'ema_params': replicate(variables['params'], mesh),
+        'ema_batch_stats': replicate(variables.get('batch_stats', {}), mesh),
+        'rng': replicate(rng, mesh),
+    }
+
+
+# ----------------------------------------------------------------------------------------------
+# The per-device steps
+# ----------------------------------------------------------------------------------------------
+
+def cross_entropy(logits, labels, num_classes: int, label_smoothing: float = 0.0):
+    targets = optax.smooth_labels(jax.nn.one_hot(labels, num_classes), label_smoothing) \
+        if label_smoothing else jax.nn.one_hot(labels, num_classes)
+    return optax.softmax_cross_entropy(logits, targets)
+
+
+def top_k_correct(logits, labels, k: int):
+    """1.0 where the label is among the k largest logits."""
+    k = min(k, logits.shape[-1])
+    _, top = lax.top_k(logits, k)
+    return jnp.any(top == labels[:, None], axis=-1).astype(jnp.float32)
+
+
+def train_step(state: dict, batch: dict, *, setup: Setup, label_smoothing: float, ema_decay: float):
+    """One optimizer step on this device's share of the batch (pmap semantics over BATCH_AXIS)."""
+    model = setup.model
+    key = jax.random.wrap_key_data(state['rng'])
+    dropout_key = jax.random.fold_in(jax.random.fold_in(key, state['step']), lax.axis_index(BATCH_AXIS))
+
+    def loss_fn(params):
+        logits, updates = model.apply({'params': params, 'batch_stats': state['batch_stats']}, batch['image'],
+                                      train=True, mutable=['batch_stats'], rngs={'dropout': dropout_key})
+        loss = jnp.mean(cross_entropy(logits, batch['label'], setup.num_classes, label_smoothing))
+        return loss, (logits, updates['batch_stats'])
+
+    (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state['params'])
+    grads = lax.pmean(grads, BATCH_AXIS)
+    # Running BatchNorm averages drift apart when statistics are per device; averaging them keeps the
+    # replicated state identical everywhere (a no-op with sync_batch_stats).
+    batch_stats = lax.pmean(batch_stats, BATCH_AXIS)
+    updates, opt_state = setup.tx.update(grads, state['opt_state'], state['params'])
+    params = optax.apply_updates(state['params'], updates)
+    if ema_decay > 0:
+        decay = optim.ema_decay_with_warmup(state['step'], ema_decay)
+        ema_params = optim.ema_update(state['ema_params'], params, decay)
+        ema_batch_stats = optim.ema_update(state['ema_batch_stats'], batch_stats, decay)
+    else:
+        ema_params, ema_batch_stats = params, batch_stats
+    metrics = {
+        'loss': loss,
+        'top1': jnp.mean(top_k_correct(logits, batch['label'], 1)),
+        'top5': jnp.mean(top_k_correct(logits, batch['label'], 5)),
+    }
+    metrics = lax.pmean(metrics, BATCH_AXIS)
+    new_state = dict(state, step=state['step'] + 1, params=params, batch_stats=batch_stats, opt_state=opt_state,
+                     ema_params=ema_params, ema_batch_stats=ema_batch_stats)
+    return new_state, metrics
+
+
+def eval_step(variables: dict, batch: dict, *, model, num_classes: int):
+    """Sums (not means) over this device's examples, masked, then summed over devices."""
+    logits = model.apply(variables, batch['image'], train=False)
+    mask = batch['mask']
+    sums = {
+        'loss': jnp.sum(cross_entropy(logits, batch['label'], num_classes) * mask),
+        'top1': jnp.sum(top_k_correct(logits, batch['label'], 1) * mask),
+        'top5': jnp.sum(top_k_correct(logits, batch['label'], 5) * mask),
+        'count': jnp.sum(mask),
+    }
+    return lax.psum(sums, BATCH_AXIS)
+
+
+def make_train_step(setup: Setup, config: ml_collections.ConfigDict, mesh: Mesh):
+    step = functools.partial(train_step, setup=setup, label_smoothing=float(config.label_smoothing),
+                             ema_decay=float(config.ema_decay))
+    sharded = jax.shard_map(step, mesh=mesh, in_specs=(P(), P(BATCH_AXIS)), out_specs=(P(), P()))
+    return jax.jit(sharded, donate_argnums=(0,))
+
+
+def make_eval_step(model, num_classes: int, mesh: Mesh):
+    step = functools.partial(eval_step, model=model, num_classes=num_classes)
+    return jax.jit(jax.shard_map(step, mesh=mesh, in_specs=(P(), P(BATCH_AXIS)), out_specs=P()))
+
+
+def evaluate(eval_fn, variables: dict, dataset, mesh: Mesh, *, max_batches: int = -1,
+             progress: Optional[Callable[[int], None]] = None) -> dict:
+    """Runs `eval_fn` over a padded, masked dataset; returns top1/top5/loss means and the exact count."""
+    totals = None
+    for index, batch in enumerate(dataset):
+        if 0 <= max_batches <= index:
+            break
+        sums = eval_fn(variables, shard_batch(batch, mesh))
+        totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
+        if progress is not None:
+            progress(index + 1)
+    if totals is None:
+        raise ValueError('the evaluation split is empty')
+    totals = jax.device_get(totals)
+    count = float(totals['count'])
+    return {'top1': float(totals['top1']) / count, 'top5': float(totals['top5']) / count,
+            'loss': float(totals['loss']) / count, 'num_examples': int(round(count))}
+
+
+# ----------------------------------------------------------------------------------------------
+# Logging
+# ----------------------------------------------------------------------------------------------
+
+class MetricWriter:
+    """metrics.jsonl plus TensorBoard events; only process 0 writes."""
+
+    def __init__(self, workdir: str):
+        self.active = jax.process_index() == 0
+        self._tb = None
+        if self.active:
+            import tensorflow as tf
+            tf.io.gfile.makedirs(workdir)
+            self._jsonl_path = os.path.join(workdir, 'metrics.jsonl')
+            self._tb = tf.summary.create_file_writer(os.path.join(workdir, 'tensorboard'))
+
+    def write(self, record: dict) -> None:
+        if not self.active:
+            return
+        import tensorflow as tf
+        with tf.io.gfile.GFile(self._jsonl_path, 'a') as f:
+            f.write(json.dumps(record) + '\n')
+        with self._tb.as_default(step=int(record['step'])):
+            for key, value in record.items():
+                if key not in ('step', 'split') and isinstance(value, (int, float)):
+                    tf.summary.scalar(f'{record["split"]}/{key}', value)
+        self._tb.flush()
+
+
+def format_seconds(seconds: float) -> str:
+    seconds = int(max(seconds, 0))
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    return f'{hours}h{minutes:02d}m{secs:02d}s' if hours else f'{minutes}m{secs:02d}s'
+
+
+class _PreemptionFlag:
+    """Turns SIGTERM into a flag the loop checks after each step (saving then exiting cleanly)."""
+
+    def __init__(self):
+        self.requested = False
+        self._previous = None
+
+    def __enter__(self):
+        try:
+            self._previous = signal.signal(signal.SIGTERM, self._handle)
+        except ValueError:  # not in the main thread: leave signals alone
+            self._previous = None
+        return self
+
+    def _handle(self, signum, frame):
+        del signum, frame
+        self.requested = True
+
+    def __exit__(self, *exc):
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+
+
+# ----------------------------------------------------------------------------------------------
+# The loop
+# ----------------------------------------------------------------------------------------------
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
+    """Trains `config` to completion in `workdir`, resuming from its latest checkpoint.
+
+    Returns the final evaluation record (or the last record and `status='preempted'` after SIGTERM).
+    """
+    from mobilenets_jax.data import input_pipeline
+
+    mesh = create_mesh()
+    num_devices = mesh.devices.size
+    validate_config(config, num_devices)
+    input_pipeline.ensure_dataset(config.dataset, data_dir=config.data_dir)
+    info = input_pipeline.get_dataset_info(config.dataset)
+    eval_split = config.eval_split or info.eval_split
+    num_train = input_pipeline.num_examples(config.dataset, info.train_split, data_dir=config.data_dir)
+    setup = create_setup(config, num_train)
+    logging.info('%s alpha=%s at %dx%d on %s: %d devices over %d processes, global batch %d, %d steps '
+                 '(%d per epoch)', config.model.name, config.model.alpha, setup.image_size, setup.image_size,
+                 config.dataset, num_devices, jax.process_count(), config.batch_size, setup.total_steps,
+                 setup.steps_per_epoch)
+
+    manager = checkpoints.create_manager(workdir, keep=config.keep_checkpoints)
+    state = initial_state(setup, config, mesh)
+    latest = manager.latest_step()
+    if latest is not None:
+        state = checkpoints.restore(manager, latest, checkpoints.abstract_like(state))
+        logging.info('Resumed from the checkpoint at step %d in %s', latest, checkpoints.checkpoint_dir(workdir))
+    start_step = int(jax.device_get(state['step']))
+
+    writer = MetricWriter(workdir)
+    p_train_step = make_train_step(setup, config, mesh)
+    p_eval_step = make_eval_step(setup.model, setup.num_classes, mesh)
+    train_iter = iter(input_pipeline.create_train_dataset(
+        config.dataset, global_batch_size=config.batch_size, image_size=setup.image_size,
+        data_dir=config.data_dir, augment=config.augment, normalization=config.normalization,
+        # a resumed run draws a fresh order instead of replaying the first epochs' batches
+        seed=config.seed + start_step).as_numpy_iterator())
+    eval_every = max(1, int(round(config.eval_every_epochs * setup.steps_per_epoch)))
+
+    def run_eval(state, step):
+        dataset = input_pipeline.create_eval_dataset(
+            config.dataset, global_batch_size=config.batch_size, image_size=setup.image_size, split=eval_split,
+            data_dir=config.data_dir, normalization=config.normalization)
+        use_ema = config.ema_decay > 0
+        variables = {'params': state['ema_params' if use_ema else 'params'],
+                     'batch_stats': state['ema_batch_stats' if use_ema else 'batch_stats']}
+        started = time.time()
+        result = evaluate(p_eval_step, variables, dataset.as_numpy_iterator(), mesh,
+                          max_batches=config.steps_per_eval)
+        record = {'step': step, 'epoch': step / setup.steps_per_epoch, 'split': eval_split, **result,
+                  'weights': 'ema' if use_ema else 'raw',
+                  'images_per_sec': result['num_examples'] / max(time.time() - started, 1e-9)}
+        writer.write(record)
+        logging.info('eval step %d: top1 %.2f%% top5 %.2f%% loss %.4f on %d %s examples (%s weights)', step,
+                     100 * result['top1'], 100 * result['top5'], result['loss'], result['num_examples'],
+                     eval_split, record['weights'])
+        return record
+
+    def check_finite(records, step):
+        for record in records:
+            if not np.isfinite(record['loss']):
+                raise NonFiniteLossError(
+                    f'non-finite training loss ({record["loss"]}) by step {step}; training stopped without saving. '
+                    f'The last good checkpoint in {checkpoints.checkpoint_dir(workdir)} is intact '
+                    f'(step {manager.latest_step()}). Lower config.learning_rate or enable config.grad_clip_norm.')
+
+    pending, last_record = [], None
+    interval_start, input_wait = time.time(), 0.0
+    run_start, run_start_step = time.time(), start_step
+    status = 'finished'
+    with _PreemptionFlag() as preemption:
+        step = start_step
+        while step < setup.total_steps:
+            wait_start = time.time()
+            batch = shard_batch(next(train_iter), mesh)
+            input_wait += time.time() - wait_start
+            state, metrics = p_train_step(state, batch)
+            pending.append(metrics)
+            step += 1
+
+            last = step == setup.total_steps
+            if step % config.log_every_steps == 0 or last or step % config.checkpoint_every_steps == 0:
+                records = jax.device_get(pending)
+                check_finite(records, step)
+                now = time.time()
+                elapsed = now - interval_start
+                steps_per_sec = len(records) / max(elapsed, 1e-9)
+                overall_rate = (step - run_start_step) / max(now - run_start, 1e-9)
+                last_record = {
+                    'step': step, 'epoch': step / setup.steps_per_epoch, 'split': 'train',
+                    'loss': float(np.mean([r['loss'] for r in records])),
+                    'top1': float(np.mean([r['top1'] for r in records])),
+                    'top5': float(np.mean([r['top5'] for r in records])),
+                    'learning_rate': float(setup.learning_rate_fn(step - 1)),
+                    'images_per_sec': steps_per_sec * config.batch_size,
+                    'input_wait_fraction': input_wait / max(elapsed, 1e-9),
+                    'eta_seconds': (setup.total_steps - step) / max(overall_rate, 1e-9),
+                }
+                writer.write(last_record)
+                logging.info('step %d/%d (epoch %.2f) loss %.4f top1 %.2f%% lr %.5f | %.1f img/s %.2f steps/s | '
+                             'input wait %.0f%% | ETA %s', step, setup.total_steps, last_record['epoch'],
+                             last_record['loss'], 100 * last_record['top1'], last_record['learning_rate'],
+                             last_record['images_per_sec'], steps_per_sec, 100 * last_record['input_wait_fraction'],
+                             format_seconds(last_record['eta_seconds']))
+                pending, interval_start, input_wait = [], time.time(), 0.0
+
+            if step % config.checkpoint_every_steps == 0 and not last:
+                checkpoints.save(manager, step, state)
+            if preemption.requested or manager.reached_preemption(step):
+                if pending:
+                    check_finite(jax.device_get(pending), step)
+                checkpoints.save(manager, step, state, force=True)
+                manager.wait_until_finished()
+                logging.warning('Preempted: saved the checkpoint at step %d; rerun the same command to resume.',
+                                step)
+                status = 'preempted'
+                break
+            if step % eval_every == 0 and not last:
+                run_eval(state, step)
+
+    if status == 'finished':
+        if manager.latest_step() != step:
+            checkpoints.save(manager, step, state, force=True)
+        manager.wait_until_finished()
+        last_record = run_eval(state, step)
+    manager.close()
+    return dict(last_record or {'step': step}, status=status)
