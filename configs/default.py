@@ -25,6 +25,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.rho = 1.0                     # resolution multiplier: image size = round(rho * base size)
     config.augment = True                # random crops/flips (off to match the CIFAR study)
     config.normalization = 'inception'   # pixels to [-1, 1]; 'unit' for [0, 1]
+    config.train_split = placeholder(str)  # None: the dataset's train split (e.g. 'train[:80%]' holds out 20%)
     config.eval_split = placeholder(str)  # None: the dataset's validation/test split
 
     config.batch_size = 1024             # global, over all devices of all hosts

@@ -282,6 +282,12 @@ def macs_by_kind(rows: Iterable[dict]) -> dict:
     return totals
 
 
+def abstract_variables(model: nn.Module, image_size=32) -> Any:
+    """The variables of `model` as `jax.ShapeDtypeStruct`s (`jax.eval_shape` of ``model.init``)."""
+    return jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros(_image_shape(image_size, 1), jnp.float32),
+                                             train=False))
+
+
 def count_variables(variables: Any) -> dict:
     """Number of scalars per collection, e.g. ``{'params': 4231976, 'batch_stats': 21888}``."""
     return {collection: int(sum(int(np.prod(leaf.shape)) for leaf in jax.tree.leaves(tree)))
@@ -425,10 +431,7 @@ def _abstract_state(config_key: tuple, model_kwargs: tuple):
     """
     name, alpha, groups, num_classes = config_key
     model = registry.create_model(name, alpha=alpha, groups=groups, num_classes=num_classes, **dict(model_kwargs))
-    size = registry.get_spec(name).base_resolution
-    variables = jax.eval_shape(lambda: model.init(
-        jax.random.key(0), jnp.zeros((1, size, size, 3), jnp.float32), train=False))
-    return model, variables
+    return model, abstract_variables(model, registry.get_spec(name).base_resolution)
 
 
 # --------------------------------------------------------------------------------------------------

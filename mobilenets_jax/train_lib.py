@@ -67,7 +67,10 @@ def shard_batch(batch: dict, mesh: Mesh) -> dict:
 def validate_config(config: ml_collections.ConfigDict, num_devices: int) -> None:
     """Raises ValueError naming the offending config field; runs before any compilation."""
     from mobilenets_jax.data import input_pipeline
-    input_pipeline.get_dataset_info(config.dataset)  # unknown dataset → ValueError listing the valid ones
+    try:
+        input_pipeline.get_dataset_info(config.dataset)
+    except ValueError as error:
+        raise ValueError(f'config.dataset: {error}') from None
     config_lib.create_model(config)                   # unknown model, bad alpha/groups, too small rho
     if not isinstance(config.batch_size, int) or config.batch_size < 1:
         raise ValueError(f'config.batch_size={config.batch_size!r}: must be a positive integer')
@@ -324,10 +327,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     mesh = create_mesh()
     num_devices = mesh.devices.size
     validate_config(config, num_devices)
-    input_pipeline.ensure_dataset(config.dataset, data_dir=config.data_dir)
+    if config.dataset != 'imagenet2012':
+        # digits builds offline, CIFAR downloads; ImageNet needs a manual download, and reading it
+        # below raises the how-to message when it is missing.
+        input_pipeline.ensure_dataset(config.dataset, data_dir=config.data_dir)
     info = input_pipeline.get_dataset_info(config.dataset)
     eval_split = config.eval_split or info.eval_split
-    num_train = input_pipeline.num_examples(config.dataset, info.train_split, data_dir=config.data_dir)
+    train_split = config.get('train_split') or info.train_split
+    num_train = input_pipeline.num_examples(config.dataset, train_split, data_dir=config.data_dir)
     setup = create_setup(config, num_train)
     logging.info('%s alpha=%s at %dx%d on %s: %d devices over %d processes, global batch %d, %d steps '
                  '(%d per epoch)', config.model.name, config.model.alpha, setup.image_size, setup.image_size,
@@ -347,7 +354,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     p_eval_step = make_eval_step(setup.model, setup.num_classes, mesh)
     train_iter = iter(input_pipeline.create_train_dataset(
         config.dataset, global_batch_size=config.batch_size, image_size=setup.image_size,
-        data_dir=config.data_dir, augment=config.augment, normalization=config.normalization,
+        data_dir=config.data_dir, augment=config.augment, normalization=config.normalization, split=train_split,
         # a resumed run draws a fresh order instead of replaying the first epochs' batches
         seed=config.seed + start_step).as_numpy_iterator())
     eval_every = max(1, int(round(config.eval_every_epochs * setup.steps_per_epoch)))

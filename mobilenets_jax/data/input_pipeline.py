@@ -216,7 +216,9 @@ def _read(info: DatasetInfo, builder: tfds.core.DatasetBuilder, split,
     ds = builder.as_dataset(split=split, shuffle_files=shuffle_files,
                             decoders=_decoders(info), read_config=read_config)
   except AssertionError as e:  # TFDS' way of saying "no data in data_dir".
-    raise DatasetNotPreparedError(_not_prepared_message(builder)) from e
+    message = (_imagenet_message(builder) if info.name in _IMAGENET_STYLE
+               else _not_prepared_message(builder))
+    raise DatasetNotPreparedError(message) from e
   if info.name not in _IMAGENET_STYLE:
     ds = ds.cache()  # Small, fixed-size images: keep them decoded in memory.
   return ds
@@ -280,8 +282,11 @@ def create_train_dataset(
     shuffle_buffer: Optional[int] = None,
     process_index: Optional[int] = None,
     process_count: Optional[int] = None,
+    split: Optional[str] = None,
 ) -> tf.data.Dataset:
   """Infinite, shuffled, augmented batches of this process's training share.
+
+  `split` defaults to the dataset's train split; a slice such as 'train[:80%]' holds out the rest.
 
   Yields {'image': float32 [B, image_size, image_size, 3], 'label': int32 [B]}
   with B = global_batch_size // process_count. Reproducible for a given
@@ -295,7 +300,7 @@ def create_train_dataset(
 
   builder = _builder(name, data_dir)
   split = tfds.split_for_jax_process(
-      info.train_split, process_index=process_index,
+      split or info.train_split, process_index=process_index,
       process_count=process_count)
   ds = _read(info, builder, split, shuffle_files=True, seed=file_seed)
   ds = ds.repeat()

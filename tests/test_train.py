@@ -1,0 +1,184 @@
+"""Training: guardrails, multi-device equivalence, multi-process, TFDS mock data end to end, resume."""
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+
+from configs import cifar10, digits, mobilenet_v1_imagenet
+from mobilenets_jax import checkpoints, train_lib
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def tiny_digits_config(tmp_path):
+    config = digits.get_config()
+    config.model.name = 'cifar_mobilenet_v2'
+    config.model.dropout_rate = 0.0
+    config.data_dir = str(tmp_path / 'tfds')
+    config.batch_size = 16
+    config.optimizer = 'rmsprop'  # see tests/multihost_worker.py: Adam amplifies rounding noise
+    config.learning_rate = 0.01
+    return config
+
+
+@pytest.mark.parametrize('field, value, message', [
+    ('batch_size', 12, 'config.batch_size=12 is not divisible by the 8 devices'),
+    ('dataset', 'mnist', "config.dataset: Unknown dataset 'mnist'; supported datasets: ['cifar10'"),
+    ('model.name', 'resnet50', "config.model: unknown model 'resnet50'"),
+    ('rho', 0.1, 'config.rho=0.1: image size 3x3 is too small for cifar_mobilenet_v2'),
+    ('optimizer', 'lamb', "config.optimizer='lamb'; allowed: rmsprop, adam, sgd"),
+    ('ema_decay', 1.5, 'config.ema_decay=1.5'),
+    ('model.alpha', 0.0, 'alpha=0.0 for cifar_mobilenet_v2'),
+])
+def test_config_guardrails(tmp_path, field, value, message):
+    config = tiny_digits_config(tmp_path)
+    *parents, leaf = field.split('.')
+    node = config
+    for parent in parents:
+        node = node[parent]
+    node[leaf] = value
+    with pytest.raises(ValueError) as info:
+        train_lib.validate_config(config, num_devices=8)
+    assert message in str(info.value)
+
+
+def _one_step(config, devices, batch):
+    mesh = train_lib.create_mesh(devices)
+    setup = train_lib.create_setup(config, num_train_examples=160)
+    state = train_lib.initial_state(setup, config, mesh)
+    state, _ = train_lib.make_train_step(setup, config, mesh)(state, train_lib.shard_batch(batch, mesh))
+    return jax.device_get(state)
+
+
+def test_sync_batch_stats_eight_devices_equal_one_device(tmp_path):
+    config = tiny_digits_config(tmp_path)
+    config.sync_batch_stats = True
+    rng = np.random.default_rng(0)
+    batch = {'image': rng.uniform(size=(16, 16, 16, 3)).astype(np.float32),
+             'label': rng.integers(0, 10, size=(16,)).astype(np.int32)}
+    one = _one_step(config, jax.devices()[:1], batch)
+    eight = _one_step(config, jax.devices()[:8], batch)
+    for a, b in zip(jax.tree.leaves(one['params']), jax.tree.leaves(eight['params'])):
+        np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-5)
+    for a, b in zip(jax.tree.leaves(one['batch_stats']), jax.tree.leaves(eight['batch_stats'])):
+        np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-5)
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(('localhost', 0))
+        return s.getsockname()[1]
+
+
+def _env(**extra):
+    env = dict(os.environ, PYTHONPATH=REPO, JAX_PLATFORMS='cpu', TF_CPP_MIN_LOG_LEVEL='2', **extra)
+    env.pop('JAX_NUM_CPU_DEVICES', None)
+    return env
+
+
+def test_two_processes_match_one_process(tmp_path):
+    worker = os.path.join(REPO, 'tests', 'multihost_worker.py')
+    port = str(_free_port())
+    procs = [subprocess.Popen([sys.executable, worker, str(tmp_path / 'multi.npy'), '2', str(i), port],
+                              env=_env(), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+             for i in range(2)]
+    single = subprocess.run([sys.executable, worker, str(tmp_path / 'single.npy'), '1', '0', port], env=_env(),
+                            cwd=REPO, capture_output=True, text=True, timeout=300)
+    outputs = [p.communicate(timeout=300)[0] for p in procs]
+    assert single.returncode == 0, single.stdout + single.stderr
+    for p, out in zip(procs, outputs):
+        assert p.returncode == 0, out
+    np.testing.assert_allclose(np.load(tmp_path / 'multi.npy'), np.load(tmp_path / 'single.npy'), atol=1e-5)
+
+
+def _read_metrics(workdir):
+    with open(os.path.join(workdir, 'metrics.jsonl')) as f:
+        return [json.loads(line) for line in f]
+
+
+@pytest.mark.parametrize('dataset', ['imagenet2012', 'cifar10'])
+def test_end_to_end_on_tfds_mock_data(tmp_path, dataset):
+    if dataset == 'imagenet2012':
+        config = mobilenet_v1_imagenet.get_config()
+        config.model.alpha = 0.25
+        config.rho = 32 / 224
+    else:
+        config = cifar10.get_config()
+        config.model.name = 'cifar_mobilenet_v2'
+        config.model.alpha = 0.5
+        config.rho = 0.5
+    config.batch_size = 8
+    config.num_train_steps = 3
+    config.log_every_steps = 1
+    config.checkpoint_every_steps = 2
+    config.steps_per_eval = 2
+    config.data_dir = str(tmp_path / 'tfds')
+    workdir = str(tmp_path / 'work')
+    with tfds.testing.mock_data(num_examples=64):
+        result = train_lib.train_and_evaluate(config, workdir)
+    assert result['status'] == 'finished' and result['step'] == 3
+    manager = checkpoints.create_manager(workdir, read_only=True)
+    assert manager.all_steps() == [2, 3]
+    records = _read_metrics(workdir)
+    train = [r for r in records if r['split'] == 'train']
+    assert [r['step'] for r in train] == [1, 2, 3]
+    for key in ('loss', 'top1', 'top5', 'learning_rate', 'images_per_sec', 'eta_seconds', 'epoch'):
+        assert np.isfinite(train[-1][key])
+    assert records[-1]['split'] in ('validation', 'test') and records[-1]['num_examples'] == 16
+
+
+def _train_cli(workdir, data_dir, *overrides):
+    return [sys.executable, os.path.join(REPO, 'train.py'), '--config=' + os.path.join(REPO, 'configs', 'digits.py'),
+            f'--workdir={workdir}', f'--config.data_dir={data_dir}', '--config.model.name=cifar_mobilenet_v2',
+            '--config.batch_size=16', '--config.log_every_steps=1', '--config.checkpoint_every_steps=3',
+            '--config.eval_every_epochs=1000', *overrides]
+
+
+def _wait_for_checkpoint(workdir, proc, minimum, timeout=240):
+    deadline = time.time() + timeout
+    ckpt = os.path.join(workdir, 'checkpoints')
+    while time.time() < deadline:
+        assert proc.poll() is None, proc.communicate()[0]
+        steps = [int(d) for d in os.listdir(ckpt) if d.isdigit()] if os.path.isdir(ckpt) else []
+        if steps and max(steps) >= minimum:
+            return max(steps)
+        time.sleep(0.5)
+    raise AssertionError('no checkpoint appeared')
+
+
+def test_killed_run_resumes_and_sigterm_saves(tmp_path):
+    workdir, data_dir = str(tmp_path / 'work'), str(tmp_path / 'tfds')
+    env = _env(JAX_NUM_CPU_DEVICES='1')
+    # 1) SIGKILL mid-run: nothing is saved at the kill, the next run resumes from the last checkpoint.
+    proc = subprocess.Popen(_train_cli(workdir, data_dir, '--config.num_train_steps=100000'), env=env, cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    saved = _wait_for_checkpoint(workdir, proc, 3)
+    time.sleep(1.0)  # let the async save finish renaming before the kill
+    proc.kill()
+    proc.communicate()
+    manager = checkpoints.create_manager(workdir, read_only=True)
+    resumable = manager.latest_step()
+    assert resumable is not None and resumable >= saved - 3
+    # 2) Restart: resumes from that step, not from 0; then SIGTERM saves the current step and exits cleanly.
+    proc = subprocess.Popen(_train_cli(workdir, data_dir, '--config.num_train_steps=100000'), env=env, cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    _wait_for_checkpoint(workdir, proc, resumable + 3)
+    proc.send_signal(signal.SIGTERM)
+    output = proc.communicate(timeout=120)[0]
+    assert proc.returncode == 0, output
+    assert f'Resumed from the checkpoint at step {resumable}' in output
+    preempted_at = int(output.split('Preempted: saved the checkpoint at step ')[1].split(';')[0])
+    assert preempted_at > resumable
+    manager = checkpoints.create_manager(workdir, read_only=True)
+    assert manager.latest_step() == preempted_at
+    train_steps = [r['step'] for r in _read_metrics(workdir) if r['split'] == 'train']
+    second_run = train_steps[train_steps.index(resumable + 1):] if resumable + 1 in train_steps else []
+    assert second_run and second_run[0] == resumable + 1  # the second run continued, not restarted at 1
