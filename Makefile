@@ -15,8 +15,12 @@ $(STAMP): requirements.txt pyproject.toml
 
 install: $(STAMP)
 
+QUICKSTART_DIR ?= /tmp/mobilenets_jax_digits
+
+# The offline quickstart: train on the embedded digits dataset, then evaluate the checkpoint.
 quickstart: $(STAMP)
-	$(PY) -m mobilenets_jax.models.table
+	$(PY) train.py --config=configs/digits.py --workdir=$(QUICKSTART_DIR)
+	$(PY) eval.py --config=configs/digits.py --workdir=$(QUICKSTART_DIR)
 
 test: $(STAMP)
 	$(PY) -m pytest tests

@@ -390,6 +390,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     interval_start, input_wait = time.time(), 0.0
     run_start, run_start_step = time.time(), start_step
     status = 'finished'
+    best_top1, evals_without_gain = -1.0, 0
     with _PreemptionFlag() as preemption:
         step = start_step
         while step < setup.total_steps:
@@ -438,9 +439,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                 status = 'preempted'
                 break
             if step % eval_every == 0 and not last:
-                run_eval(state, step)
+                record = run_eval(state, step)
+                if record['top1'] > best_top1:
+                    best_top1, evals_without_gain = record['top1'], 0
+                else:
+                    evals_without_gain += 1
+                if 0 < config.early_stopping_patience <= evals_without_gain:
+                    logging.info('Early stopping at step %d: no top-1 gain in %d evaluations (best %.2f%%).',
+                                 step, evals_without_gain, 100 * best_top1)
+                    status = 'early_stopped'
+                    break
 
-    if status == 'finished':
+    if status in ('finished', 'early_stopped'):
         if manager.latest_step() != step:
             checkpoints.save(manager, step, state, force=True)
         manager.wait_until_finished()
