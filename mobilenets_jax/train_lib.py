@@ -125,9 +125,15 @@ def create_setup(config: ml_collections.ConfigDict, num_train_examples: int) -> 
     else:
         total_steps = max(1, int(math.ceil(config.num_epochs * steps_per_epoch)))
     base_lr = config.learning_rate * (config.batch_size / 256.0 if config.scale_learning_rate else 1.0)
+    total_epochs = total_steps / steps_per_epoch
+    warmup_epochs = config.warmup_epochs
+    if warmup_epochs >= total_epochs:
+        warmup_epochs = total_epochs / 2
+        logging.warning('config.warmup_epochs=%s is not shorter than the run (%.3g epochs); warming up over %.3g '
+                        'epochs instead.', config.warmup_epochs, total_epochs, warmup_epochs)
     learning_rate_fn = optim.learning_rate_schedule(
         base_learning_rate=base_lr, steps_per_epoch=steps_per_epoch,
-        num_epochs=total_steps / steps_per_epoch, warmup_epochs=config.warmup_epochs,
+        num_epochs=total_epochs, warmup_epochs=warmup_epochs,
         schedule=config.schedule, decay_rate=config.lr_decay_rate, decay_epochs=config.lr_decay_epochs)
     tx = optim.create_optimizer(
         learning_rate_fn=learning_rate_fn, weight_decay=config.weight_decay, optimizer=config.optimizer,
@@ -226,13 +232,16 @@ def eval_step(variables: dict, batch: dict, *, model, num_classes: int):
 def make_train_step(setup: Setup, config: ml_collections.ConfigDict, mesh: Mesh):
     step = functools.partial(train_step, setup=setup, label_smoothing=float(config.label_smoothing),
                              ema_decay=float(config.ema_decay))
-    sharded = jax.shard_map(step, mesh=mesh, in_specs=(P(), P(BATCH_AXIS)), out_specs=(P(), P()))
+    # check_vma=False: the state is replicated by construction (every output is pmean'd or computed from
+    # replicated values), and custom-VJP layers (the fast depthwise conv) need not track mesh axes.
+    sharded = jax.shard_map(step, mesh=mesh, in_specs=(P(), P(BATCH_AXIS)), out_specs=(P(), P()),
+                            check_vma=False)
     return jax.jit(sharded, donate_argnums=(0,))
 
 
 def make_eval_step(model, num_classes: int, mesh: Mesh):
     step = functools.partial(eval_step, model=model, num_classes=num_classes)
-    return jax.jit(jax.shard_map(step, mesh=mesh, in_specs=(P(), P(BATCH_AXIS)), out_specs=P()))
+    return jax.jit(jax.shard_map(step, mesh=mesh, in_specs=(P(), P(BATCH_AXIS)), out_specs=P(), check_vma=False))
 
 
 def evaluate(eval_fn, variables: dict, dataset, mesh: Mesh, *, max_batches: int = -1,
