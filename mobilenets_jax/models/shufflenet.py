@@ -27,6 +27,9 @@ SHUFFLENET_V1_CHANNELS = {
     8: (384, 768, 1536),
 }
 SHUFFLENET_V1_GROUPS = tuple(SHUFFLENET_V1_CHANNELS)
+# The paper does not give the stem of its narrow variants; the authors' release uses 12 filters at
+# 0.5x, and 12 (not 24 * 0.25 = 6) reproduces the paper's 13 MFLOPs for 0.25x.
+SHUFFLENET_V1_MIN_STEM = 12
 
 # ShuffleNet V2, Table 5: output channels of stages 2-4 and of conv5 for each published scale.
 SHUFFLENET_V2_CHANNELS = {
@@ -79,7 +82,7 @@ class ShuffleNetV1(ZooModel):
 
     Stage widths are `make_divisible(c × α, 4g)` — each unit's bottleneck (a quarter of the width)
     must split into g groups; at 1×, 1.5× and 2× this reproduces the published widths exactly. The
-    stem is `make_divisible(24α, g)` (24 at 1×). The first 1×1 conv of stage 2 is not grouped: its
+    stem is `make_divisible(max(24α, 12), g)` (24 at 1×, 12 at 0.5× as in the authors' release). The first 1×1 conv of stage 2 is not grouped: its
     input has only 24 channels.
     """
     groups: int = 3
@@ -90,7 +93,8 @@ class ShuffleNetV1(ZooModel):
         x = self.check_input(x)
         conv, depthwise, norm = self.factories(train)
         g = self.groups
-        x = conv(layers.make_divisible(SHUFFLENET_STEM * self.alpha, g), kernel_size=3, strides=2, name='stem')(x)
+        stem = layers.make_divisible(max(SHUFFLENET_STEM * self.alpha, SHUFFLENET_V1_MIN_STEM), g)
+        x = conv(stem, kernel_size=3, strides=2, name='stem')(x)
         x = nn.relu(norm(name='stem_bn')(x))
         x = nn.max_pool(x, (3, 3), (2, 2), padding=_pool_padding(self.padding_style))
         for stage, (channels, repeats) in enumerate(zip(SHUFFLENET_V1_CHANNELS[g], SHUFFLENET_STAGE_REPEATS)):
