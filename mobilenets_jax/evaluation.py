@@ -1,0 +1,406 @@
+"""Exact evaluation of a training checkpoint, on whatever devices this host (or these hosts) has.
+
+    record = evaluate_checkpoint(config, workdir)            # latest step, EMA weights when present
+    record = evaluate_checkpoint(config, workdir, step=2000, weights='raw', split='train')
+
+Only what inference needs is read: `params` and `batch_stats` (or their EMA twins) are restored as a
+*partial* tree from the 'state' item that training saved, straight into replicated arrays on the current
+mesh, so neither the optimizer state nor the device count that wrote the checkpoint matters. Every example
+of the split counts exactly once (the input pipeline pads and masks the last batch), so the result does
+not depend on the batch size or the number of devices.
+
+Checks that fail with a `ValueError` (eval.py turns them into one line and exit status 2): no checkpoint,
+a missing step (listing the existing ones), a checkpoint that does not fit the config (naming the first
+parameter whose shape differs and the config field that probably differs), EMA weights requested from a
+checkpoint trained without EMA, and a batch size that the devices do not divide.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import logging as logging_std
+import math
+import os
+import time
+from typing import Any, Optional
+
+from absl import logging
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import orbax.checkpoint as ocp
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from mobilenets_jax import checkpoints, config_lib, train_lib
+
+RESULTS_FILE = 'eval_results.jsonl'
+WEIGHTS = ('ema', 'raw')
+# Seconds between progress lines (batches done, throughput, ETA); short evaluations print none.
+PROGRESS_EVERY_SECS = 20.0
+
+
+# ----------------------------------------------------------------------------------------------
+# Finding and reading the checkpoint
+# ----------------------------------------------------------------------------------------------
+
+class _DropReadOnlyNotice(logging_std.Filter):
+    """Orbax warns that a read-only manager is read-only; for evaluation that is the point."""
+
+    def filter(self, record):
+        return not str(record.msg).startswith('Given directory is read only')
+
+
+@contextlib.contextmanager
+def _quiet_read_only_notice():
+    logger = logging.get_absl_logger()
+    notice = _DropReadOnlyNotice()
+    logger.addFilter(notice)
+    try:
+        yield
+    finally:
+        logger.removeFilter(notice)
+
+
+def open_checkpoints(workdir: str) -> ocp.CheckpointManager:
+    """A read-only manager over `<workdir>/checkpoints` that can read the 'state' item's metadata.
+
+    Read-only: evaluating someone else's run never creates, deletes or cleans anything in it.
+    """
+    options = ocp.CheckpointManagerOptions(read_only=True, create=False, save_interval_steps=0,
+                                           max_to_keep=None)
+    with _quiet_read_only_notice():
+        return ocp.CheckpointManager(checkpoints.checkpoint_dir(workdir), options=options,
+                                     item_handlers={'state': ocp.PyTreeCheckpointHandler()})
+
+
+def resolve_step(manager: ocp.CheckpointManager, workdir: str, step: Optional[int] = None) -> int:
+    """The requested step, or the latest one; ValueError naming the directory or the existing steps."""
+    steps = sorted(manager.all_steps())
+    directory = checkpoints.checkpoint_dir(workdir)
+    if not steps:
+        raise ValueError(f'no checkpoint in {directory} (looked for orbax step directories there; '
+                         f'is --workdir the directory that training wrote?)')
+    if step is None:
+        return steps[-1]
+    if step not in steps:
+        raise ValueError(f'no checkpoint for step {step} in {directory}; existing steps: '
+                         f'{", ".join(str(s) for s in steps)}')
+    return int(step)
+
+
+def saved_tree(manager: ocp.CheckpointManager, step: int) -> dict:
+    """The saved 'state' tree with array metadata (shape, dtype) at its leaves; reads no arrays."""
+    metadata = manager.item_metadata(step)
+    state = metadata['state'] if metadata is not None and 'state' in metadata else None
+    state = getattr(state, 'tree', state)
+    if not isinstance(state, dict) or 'params' not in state:
+        raise ValueError(f'the checkpoint at step {step} in {manager.directory} has no training state '
+                         "('state' item with params); was it written by train.py?")
+    return state
+
+
+def _flat_shapes(tree: Any) -> dict:
+    """{'params/block_1_depthwise/kernel': shape, ...} over the leaves of `tree`."""
+    flat = {}
+    for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+        name = '/'.join(str(getattr(key, 'key', getattr(key, 'idx', key))) for key in path)
+        flat[name] = tuple(leaf.shape)
+    return flat
+
+
+def _params_first(name: str):
+    """Report trainable parameters before BatchNorm statistics: they are what a user recognises."""
+    return (not name.startswith('params/'), name)
+
+
+def check_shapes(saved: dict, expected: dict, config: ml_collections.ConfigDict, num_classes: int) -> None:
+    """ValueError naming the first parameter that differs and the config field that probably differs.
+
+    `saved` and `expected` are {'params': ..., 'batch_stats': ...} trees of array metadata / shapes.
+    """
+    saved_flat, expected_flat = _flat_shapes(saved), _flat_shapes(expected)
+    described = (f'config.model.name={config.model.name!r}, config.model.alpha={config.model.alpha}, '
+                 f'config.dataset={config.dataset!r}')
+    missing = sorted(set(expected_flat) - set(saved_flat), key=_params_first)
+    extra = sorted(set(saved_flat) - set(expected_flat), key=_params_first)
+    if missing or extra:
+        if missing:
+            what = f'the model ({described}) has {missing[0]!r}, which the checkpoint lacks'
+        else:
+            what = f'the checkpoint has {extra[0]!r}, which the model ({described}) lacks'
+        more = len(missing) + len(extra) - 1
+        raise ValueError(
+            f'the checkpoint does not fit the config: {what}'
+            f'{f" ({more} more parameters differ)" if more else ""}; config.model.name probably differs '
+            f'from the one trained (checkpoint: {len(saved_flat)} arrays, model: {len(expected_flat)})')
+    differing = [name for name in sorted(expected_flat, key=_params_first)
+                 if saved_flat[name] != expected_flat[name]]
+    if not differing:
+        return
+
+    def classifier_only(name):
+        saved_shape, expected_shape = saved_flat[name], expected_flat[name]
+        return (len(saved_shape) == len(expected_shape) and expected_shape[-1] == num_classes
+                and saved_shape[:-1] == expected_shape[:-1])
+
+    if all(classifier_only(name) for name in differing):
+        name = differing[0]
+        field = (f'config.dataset probably differs: the checkpoint classifies {saved_flat[name][-1]} classes, '
+                 f'{config.dataset!r} has {num_classes}')
+    else:
+        name = next(n for n in differing if not classifier_only(n))
+        field = 'config.model.alpha probably differs'
+        if config.model.name == 'shufflenet_v1':
+            field += ' (or config.model.groups)'
+        field += ' (or config.model.name, if another architecture wrote it)'
+    more = len(differing) - 1
+    raise ValueError(
+        f'the checkpoint does not fit the config: {name} has shape {saved_flat[name]} in the checkpoint but '
+        f'{expected_flat[name]} in the model ({described})'
+        f'{f"; {more} more parameters differ" if more else ""}; {field}')
+
+
+def _restore_target(tree: Any, sharding: NamedSharding):
+    item = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), tree)
+    restore_args = jax.tree.map(
+        lambda x: ocp.ArrayRestoreArgs(sharding=sharding, global_shape=x.shape, dtype=x.dtype), tree)
+    return item, restore_args
+
+
+def restore_subset(manager: ocp.CheckpointManager, step: int, target: dict, mesh: Mesh) -> dict:
+    """Restores only the top-level entries of 'state' named in `target`, replicated over `mesh`.
+
+    `target` maps entry names ('params', 'ema_batch_stats', ...) to trees of shapes/dtypes. The rest of the
+    checkpoint (optimizer state, rng, ...) is skipped by orbax's partial restore, never read or allocated.
+    """
+    empty = {name: tree for name, tree in target.items() if not jax.tree.leaves(tree)}
+    target = {name: tree for name, tree in target.items() if name not in empty}
+    item, restore_args = _restore_target(target, NamedSharding(mesh, P()))
+    restored = manager.restore(step, args=ocp.args.Composite(
+        state=ocp.args.PyTreeRestore(item=item, restore_args=restore_args, partial_restore=True)))
+    return {**dict(restored['state']), **empty}
+
+
+def _local_copy(x: jax.Array) -> np.ndarray:
+    return np.asarray(x.addressable_shards[0].data)
+
+
+def trees_equal(a: Any, b: Any) -> bool:
+    """Bitwise equality of two replicated trees (each process compares its own replica)."""
+    leaves_a, leaves_b = jax.tree.leaves(a), jax.tree.leaves(b)
+    return len(leaves_a) == len(leaves_b) and all(
+        np.array_equal(_local_copy(x), _local_copy(y)) for x, y in zip(leaves_a, leaves_b))
+
+
+def load_variables(manager: ocp.CheckpointManager, step: int, expected: dict, mesh: Mesh,
+                   weights: Optional[str] = None) -> tuple[dict, str]:
+    """({'params', 'batch_stats'} on `mesh`, 'ema' | 'raw') for `weights` (None: EMA when present).
+
+    A checkpoint trained without EMA (config.ema_decay = 0) still stores ema_params, as bitwise copies of
+    params; that is how "no EMA" is recognised.
+    """
+    if weights not in (None, *WEIGHTS):
+        raise ValueError(f'--weights={weights!r}; allowed: {", ".join(WEIGHTS)}')
+    saved = saved_tree(manager, step)
+    if weights == 'raw' or 'ema_params' not in saved:
+        if weights == 'ema':
+            raise ValueError(f'--weights=ema, but the checkpoint at step {step} in {manager.directory} '
+                             'holds no EMA weights; use --weights=raw')
+        restored = restore_subset(manager, step, {'params': expected['params'],
+                                                  'batch_stats': expected['batch_stats']}, mesh)
+        return {'params': restored['params'], 'batch_stats': restored['batch_stats']}, 'raw'
+    restored = restore_subset(manager, step, {
+        'params': expected['params'], 'batch_stats': expected['batch_stats'],
+        'ema_params': expected['params'], 'ema_batch_stats': expected['batch_stats']}, mesh)
+    has_ema = not trees_equal(restored['params'], restored['ema_params'])
+    if weights == 'ema' and not has_ema:
+        raise ValueError(f'--weights=ema, but the checkpoint at step {step} in {manager.directory} has no '
+                         'EMA weights (it was trained with config.ema_decay=0: its EMA copy equals the raw '
+                         'weights); use --weights=raw or leave --weights out')
+    if has_ema:
+        return {'params': restored['ema_params'], 'batch_stats': restored['ema_batch_stats']}, 'ema'
+    return {'params': restored['params'], 'batch_stats': restored['batch_stats']}, 'raw'
+
+
+# ----------------------------------------------------------------------------------------------
+# Running the evaluation
+# ----------------------------------------------------------------------------------------------
+
+_COMPILED: dict = {}
+
+
+def _compiled_eval_step(model, num_classes: int, mesh: Mesh, variables: dict, element_spec: dict):
+    """The shard_map'd eval step, compiled ahead of time (so throughput excludes compilation), cached."""
+    batch_sharding = NamedSharding(mesh, P(train_lib.BATCH_AXIS))
+    process_count = jax.process_count()
+    batch = {key: jax.ShapeDtypeStruct((spec.shape[0] * process_count, *spec.shape[1:]),
+                                       spec.dtype.as_numpy_dtype, sharding=batch_sharding)
+             for key, spec in element_spec.items()}
+    abstract_variables = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
+                                      variables)
+    key = (model, num_classes, mesh, jax.tree.structure(batch),
+           tuple((x.shape, str(x.dtype)) for x in jax.tree.leaves(batch)),
+           tuple((x.shape, str(x.dtype)) for x in jax.tree.leaves(abstract_variables)))
+    if key not in _COMPILED:
+        if len(_COMPILED) >= 8:
+            _COMPILED.clear()
+        step = train_lib.make_eval_step(model, num_classes, mesh)
+        _COMPILED[key] = step.lower(abstract_variables, batch).compile()
+    return _COMPILED[key]
+
+
+class _Progress:
+    """Logs 'batches done, images/s, ETA' every PROGRESS_EVERY_SECS seconds."""
+
+    def __init__(self, total_batches: int, global_batch_size: int):
+        self.total = total_batches
+        self.batch = global_batch_size
+        self.start = self.last = time.time()
+
+    def __call__(self, done: int) -> None:
+        now = time.time()
+        if now - self.last < PROGRESS_EVERY_SECS or done >= self.total:
+            return
+        self.last = now
+        rate = done / max(now - self.start, 1e-9)
+        logging.info('eval: %d/%d batches (%.0f%%), %.1f images/s, ETA %s', done, self.total,
+                     100.0 * done / self.total, rate * self.batch,
+                     train_lib.format_seconds((self.total - done) / max(rate, 1e-9)))
+
+
+def _one_in_flight(step_fn):
+    """Waits for batch i-1 before dispatching batch i+1: progress then counts finished batches."""
+    pending = []
+
+    def run(variables, batch):
+        if pending:
+            jax.block_until_ready(pending.pop())
+        sums = step_fn(variables, batch)
+        pending.append(sums)
+        return sums
+
+    return run
+
+
+def _check_batch_size(config: ml_collections.ConfigDict, num_devices: int) -> None:
+    batch_size = config.batch_size
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f'config.batch_size={batch_size!r}: must be a positive integer')
+    if batch_size % num_devices:
+        raise ValueError(f'config.batch_size={batch_size} is not divisible by the {num_devices} devices; '
+                         f'use a multiple of {num_devices} (e.g. --config.batch_size='
+                         f'{max(num_devices, batch_size // num_devices * num_devices)})')
+
+
+def _split_size(config: ml_collections.ConfigDict, split: str) -> int:
+    from mobilenets_jax.data import input_pipeline
+    try:
+        return input_pipeline.num_examples(config.dataset, split, data_dir=config.data_dir)
+    except (KeyError, ValueError) as error:
+        if isinstance(error, input_pipeline.DatasetNotPreparedError):
+            raise
+        raise ValueError(f'--split={split!r} is not a split of {config.dataset!r}: {error}') from None
+
+
+def append_result(workdir: str, record: dict) -> None:
+    """Appends one JSON line to `<workdir>/eval_results.jsonl` (process 0 only)."""
+    if jax.process_index() != 0:
+        return
+    import tensorflow as tf  # gfile: local paths and gs:// alike
+    tf.io.gfile.makedirs(workdir)
+    with tf.io.gfile.GFile(os.path.join(workdir, RESULTS_FILE), 'a') as f:
+        f.write(json.dumps(record) + '\n')
+
+
+def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str, *, step: Optional[int] = None,
+                        weights: Optional[str] = None, split: Optional[str] = None,
+                        mesh: Optional[Mesh] = None) -> dict:
+    """Evaluates a checkpoint of `workdir` exactly on `split` and returns (and appends) its record.
+
+    Args:
+      config: the training config (or one with evaluation overrides: rho, batch_size, data_dir, ...).
+      workdir: the training run's directory (checkpoints in `<workdir>/checkpoints`).
+      step: the checkpoint step; None: the latest.
+      weights: 'ema' or 'raw'; None: EMA when the checkpoint has EMA weights, else raw.
+      split: dataset split (TFDS slicing works, e.g. 'train[:10%]'); None: config.eval_split or the
+        dataset's evaluation split.
+      mesh: the 1-D ('batch') mesh to run on; None: every device of every process.
+
+    The whole split is evaluated (config.steps_per_eval, a shortcut for evaluations during training, is
+    ignored), with config.batch_size as the global batch (a multiple of the mesh's device count).
+
+    Returns:
+      {'top1', 'top5', 'loss', 'num_examples', 'step', 'weights', 'split', 'resolution', 'model', 'alpha',
+       'images_per_sec', ...}, also appended as one JSON line to `<workdir>/eval_results.jsonl`.
+    """
+    mesh = train_lib.create_mesh() if mesh is None else mesh
+    num_devices = mesh.devices.size
+    if weights not in (None, *WEIGHTS):
+        raise ValueError(f'--weights={weights!r}; allowed: {", ".join(WEIGHTS)}')
+    _check_batch_size(config, num_devices)
+
+    # The checkpoint first: a wrong --workdir or --step is the likeliest mistake, and costs nothing to find.
+    manager = open_checkpoints(workdir)
+    try:
+        step = resolve_step(manager, workdir, step)
+        saved = saved_tree(manager, step)
+
+        from mobilenets_jax.data import input_pipeline  # TensorFlow: imported once past the cheap checks
+        info = input_pipeline.get_dataset_info(config.dataset)
+        model = config_lib.create_model(config, dtype=jnp.bfloat16 if config.half_precision else jnp.float32)
+        size = config_lib.image_size(config)
+        expected = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, size, size, 3)),
+                                                     train=False))
+        expected = {'params': expected['params'], 'batch_stats': expected.get('batch_stats', {})}
+        check_shapes({'params': saved['params'], 'batch_stats': saved.get('batch_stats', {})}, expected,
+                     config, info.num_classes)
+        restore_start = time.time()
+        variables, weights = load_variables(manager, step, expected, mesh, weights)
+        restore_secs = time.time() - restore_start
+    finally:
+        manager.close()
+
+    input_pipeline.ensure_dataset(config.dataset, data_dir=config.data_dir)
+    split = split or config.eval_split or info.eval_split
+    split_size = _split_size(config, split)
+    dataset = input_pipeline.create_eval_dataset(
+        config.dataset, global_batch_size=config.batch_size, image_size=size, split=split,
+        data_dir=config.data_dir, normalization=config.normalization)
+    per_process_batch = config.batch_size // jax.process_count()
+    total_batches = math.ceil(math.ceil(split_size / jax.process_count()) / per_process_batch)
+
+    compile_start = time.time()
+    eval_step = _compiled_eval_step(model, info.num_classes, mesh, variables, dataset.element_spec)
+    compile_secs = time.time() - compile_start
+    logging.info('Evaluating %s alpha=%s at %dx%d, step %d (%s weights) on %d %s examples: %d batches of %d '
+                 'on %d devices (restore %.1fs, compile %.1fs)', config.model.name, config.model.alpha, size,
+                 size, step, weights, split_size, split, total_batches, config.batch_size, num_devices,
+                 restore_secs, compile_secs)
+
+    started = time.time()
+    result = train_lib.evaluate(_one_in_flight(eval_step), variables, dataset.as_numpy_iterator(), mesh,
+                                progress=_Progress(total_batches, config.batch_size))
+    seconds = time.time() - started
+    if result['num_examples'] != split_size:  # the pipeline's contract; never silently report a wrong count
+        raise RuntimeError(f'evaluated {result["num_examples"]} examples, but split {split!r} has {split_size}')
+
+    record = {
+        'top1': result['top1'], 'top5': result['top5'], 'loss': result['loss'],
+        'num_examples': result['num_examples'], 'step': int(step), 'weights': weights, 'split': split,
+        'resolution': size, 'model': config.model.name, 'alpha': float(config.model.alpha),
+        'images_per_sec': result['num_examples'] / max(seconds, 1e-9),
+        'dataset': config.dataset, 'rho': float(config.rho), 'batch_size': int(config.batch_size),
+        'num_devices': int(num_devices),
+    }
+    append_result(workdir, record)
+    return record
+
+
+def summary(record: dict) -> str:
+    """Two human lines for a record of `evaluate_checkpoint`."""
+    return (f'{record["model"]} (alpha {record["alpha"]:g}) at {record["resolution"]}x{record["resolution"]}, '
+            f'step {record["step"]}, {record["weights"]} weights, {record["dataset"]} {record["split"]}\n'
+            f'  top-1 {100 * record["top1"]:.2f}%  top-5 {100 * record["top5"]:.2f}%  loss {record["loss"]:.4f}  '
+            f'on {record["num_examples"]} examples  ({record["images_per_sec"]:.1f} images/s on '
+            f'{record["num_devices"]} device{"s" if record["num_devices"] != 1 else ""})')
