@@ -1,0 +1,135 @@
+"""Cost report: XLA's FLOPs of each compiled configuration next to the papers' mult-adds and parameters.
+
+    python flops.py --config=configs/mobilenet_v1_imagenet.py [--config.model.alpha=0.5]
+    python flops.py --model=mobilenet_v1 --alphas=1,0.75,0.5,0.25 --resolutions=224,192,160,128
+    python flops.py --model=shufflenet_v1 --groups=3 --alphas=0.5,1 --resolutions=224
+    python flops.py --all                      # every model over its published grid (63 configurations)
+       [--format=table|json|csv|markdown] [--per_layer] [--measure [--batch_size=N]] [--num_classes=N]
+
+Output fields and how each figure is derived: README.md, "Cost report (flops.py)"; the library is
+`mobilenets_jax.cost`.
+"""
+import os
+import sys
+import time
+
+# --config imports TensorFlow (for the dataset's class count and base size): keep its start-up chatter quiet.
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+os.environ.setdefault('TF_ENABLE_ONEDNN_OPTS', '0')
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file('config', None, 'A training configuration (configs/*.py) to report on.',
+                                lock_config=False)
+flags.DEFINE_string('model', None, 'Model name (see mobilenets_jax.list_models()).')
+flags.DEFINE_list('alphas', None, 'Width multipliers (default: the model\'s published ones).')
+flags.DEFINE_list('resolutions', None, 'Input sizes (default: the model\'s published ones).')
+flags.DEFINE_list('groups', None, 'ShuffleNet V1 group counts (default: 3).')
+flags.DEFINE_bool('all', False, 'Every model over its published alpha x resolution grid.')
+flags.DEFINE_bool('include_cifar', False, 'With --all: add the CIFAR study\'s two 6x6 grids.')
+flags.DEFINE_enum('format', 'table', ['table', 'json', 'csv', 'markdown'], 'Output format.')
+flags.DEFINE_bool('per_layer', False, 'One row per conv/dense layer (name, shape, params, MACs, flops, bytes).')
+flags.DEFINE_bool('measure', False, 'Also measure inference and training images/second on this device.')
+flags.DEFINE_integer('batch_size', 32, 'Batch of the counted training step and of --measure.')
+flags.DEFINE_integer('num_classes', None, 'Classifier size (default: the model\'s, or the config\'s dataset).')
+flags.DEFINE_enum('train_cost', None, ['compiled', 'lowered', 'none'],
+                  'How train_flops is counted: the compiled train step (default), the lowered one (before XLA\'s '
+                  'optimizations, cheaper), or not at all (the default of --all). See the README.')
+flags.DEFINE_integer('workers', None, 'Worker processes (default: one per CPU core for 4+ configurations).')
+
+
+class _UserError(ValueError):
+    pass
+
+
+def _numbers(values, kind, name):
+    out = []
+    for value in values or []:
+        try:
+            out.append(kind(value))
+        except ValueError:
+            raise _UserError(f'--{name}={value!r} is not {"an integer" if kind is int else "a number"}') from None
+    return out
+
+
+def _configs_and_options():
+    from mobilenets_jax import cost
+    options = dict(measure=FLAGS.measure, batch_size=FLAGS.batch_size, per_layer=FLAGS.per_layer)
+    if FLAGS.batch_size < 1:
+        raise _UserError(f'--batch_size={FLAGS.batch_size}: must be >= 1')
+    alphas = _numbers(FLAGS.alphas, float, 'alphas')
+    resolutions = _numbers(FLAGS.resolutions, int, 'resolutions')
+    groups = _numbers(FLAGS.groups, int, 'groups')
+    chosen = [name for name, on in (('--config', FLAGS.config is not None), ('--model', FLAGS.model is not None),
+                                    ('--all', FLAGS.all)) if on]
+    if FLAGS['config'].present:
+        filename = config_flags.get_config_filename(FLAGS['config'])
+        if not os.path.isfile(filename):
+            raise _UserError(f'--config={filename}: no such file')
+        try:
+            FLAGS.config.get('model')   # config_flags reports a broken file only when the config is read
+        except Exception as error:  # noqa: BLE001 — whatever the config file raised
+            lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+            raise _UserError(f'--config={filename}: {lines[-1] if lines else type(error).__name__}') from None
+    if len(chosen) != 1:
+        got = f' (got {", ".join(chosen)})' if chosen else ''
+        raise _UserError(f'give exactly one of --config, --model, --all{got}')
+    if FLAGS.all:
+        if alphas or resolutions or groups:
+            raise _UserError('--all takes no --alphas/--resolutions/--groups (it uses the published grids)')
+        configs = cost.all_configs(FLAGS.num_classes, include_cifar=FLAGS.include_cifar)
+        # Tracing a training step costs ~3 CPU-s even uncompiled: 63 of them do not fit the minute --all has
+        # on 2 CPU cores, so --all counts inference only unless asked (README: "Cost report").
+        options['train_cost'] = FLAGS.train_cost or 'none'
+        if options['train_cost'] == 'none':
+            print('note: --all leaves train_flops null; add --train_cost=lowered (about 3x slower) or '
+                  '--train_cost=compiled (about 10x slower) to count the training steps', file=sys.stderr)
+        return configs, options
+    options['train_cost'] = FLAGS.train_cost or 'compiled'
+    if FLAGS.model is not None:
+        return cost.grid(FLAGS.model, alphas, resolutions, groups, FLAGS.num_classes), options
+    if alphas or resolutions or groups:
+        raise _UserError('with --config, change the configuration with --config.model.alpha=..., --config.rho=...')
+    config, config_options = cost.from_training_config(FLAGS.config, FLAGS.num_classes)
+    options.update(config_options)
+    return [config], options
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
+    if not FLAGS['verbosity'].present:
+        logging.set_verbosity(logging.WARNING)   # a report, not a log: keep INFO chatter off stderr
+    from mobilenets_jax import cost
+    try:
+        configs, options = _configs_and_options()
+    except ValueError as error:   # bad user input: one line, exit status 2, no traceback
+        print(f'error: {error}', file=sys.stderr)
+        return 2
+    progress = (lambda line: print(line, file=sys.stderr, flush=True)) if len(configs) > 1 else None
+    start = time.perf_counter()
+    records = cost.run_configs(configs, workers=FLAGS.workers, progress=progress, **options)
+    if len(configs) > 1:
+        print(f'{len(configs)} configurations in {time.perf_counter() - start:.1f} s', file=sys.stderr)
+    print(cost.format_records(records, FLAGS.format))
+    return 0
+
+
+def _parse_flags(argv):
+    """absl's parser, but a bad flag value (e.g. a missing --config file) is one line and exit status 2."""
+    try:
+        return FLAGS(argv)
+    except flags.Error as error:
+        text = str(error)
+        if 'Traceback' in text:   # a config file that raised: keep the flag and the exception's last line
+            lines = [line.strip() for line in text.splitlines() if line.strip()]
+            text = f'{text.split("Traceback")[0].strip()} {lines[-1]}'
+        message = ' '.join(text.split())
+        print(f'error: {message}', file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == '__main__':
+    app.run(main, flags_parser=_parse_flags)
