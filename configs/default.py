@@ -17,7 +17,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.model.dropout_rate = 1e-3
     config.model.padding_style = 'same'  # TensorFlow SAME; 'symmetric' for PyTorch-trained weights
     config.model.bn_momentum = placeholder(float)  # None: the family's TensorFlow default (0.99; V3 0.999)
-    config.model.depthwise_impl = 'xla'  # or 'shifted' (same parameters, faster on CPU)
+    config.model.depthwise_impl = 'auto'  # shifted taps on CPU, XLA's grouped conv on GPU/TPU
     config.model.options = ml_collections.ConfigDict()  # family options, e.g. activation='relu6' for V1
 
     config.dataset = 'imagenet2012'

@@ -15,7 +15,6 @@ def get_config():
     config.model.name = 'cifar_mobilenet_v1'
     config.model.alpha = 0.5
     config.model.dropout_rate = 0.1
-    config.model.depthwise_impl = 'shifted'  # faster than XLA's grouped convolution on CPU
     config.model.bn_momentum = 0.9   # a short run: running statistics must forget their init quickly
     config.dataset = 'digits'
     config.rho = 0.5    # 16x16: the digits are 8x8 originally, so nothing is lost and steps are 4x cheaper

@@ -25,7 +25,7 @@ def model_kwargs(config: ml_collections.ConfigDict, num_classes: int) -> dict:
     return dict(
         num_classes=num_classes, alpha=model.alpha, groups=model.get('groups'),
         dropout_rate=model.get('dropout_rate'), padding_style=model.get('padding_style', 'same'),
-        depthwise_impl=model.get('depthwise_impl', 'xla'), bn_momentum=model.get('bn_momentum'), **options)
+        depthwise_impl=model.get('depthwise_impl', 'auto'), bn_momentum=model.get('bn_momentum'), **options)
 
 
 def create_model(config: ml_collections.ConfigDict, *, num_classes: int | None = None, **overrides):

@@ -20,7 +20,8 @@ class ZooModel(nn.Module):
       alpha: width multiplier α (each family documents how it rounds channel counts).
       dropout_rate: dropout before the classifier (active only with `train=True`).
       padding_style: 'same' (TensorFlow, default) or 'symmetric' (PyTorch k//2).
-      depthwise_impl: how depthwise convolutions are computed ('xla' or 'shifted'; same parameters).
+      depthwise_impl: how depthwise convolutions are computed: 'auto' (shifted taps on CPU, XLA's grouped
+        convolution elsewhere), 'xla', 'shifted' or 'shifted_autodiff'; all share the same parameters.
       bn_momentum, bn_epsilon: BatchNorm running-average momentum and epsilon (TensorFlow defaults).
       bn_axis_name: mesh axis over which batch statistics are averaged in train mode
         (None: per-device statistics, as in the reference TPU recipe).
@@ -30,7 +31,7 @@ class ZooModel(nn.Module):
     alpha: float = 1.0
     dropout_rate: float = 0.2
     padding_style: str = 'same'
-    depthwise_impl: str = 'xla'
+    depthwise_impl: str = 'auto'
     bn_momentum: float = 0.99
     bn_epsilon: float = 1e-3
     bn_axis_name: Optional[str] = None

@@ -126,7 +126,7 @@ def check_image_size(name: str, height: int, width: Optional[int] = None) -> Non
 def create_model(name: str, *, num_classes: Optional[int] = None, alpha: float = 1.0,
                  groups: Optional[int] = None, dtype: Any = jnp.float32, param_dtype: Any = jnp.float32,
                  dropout_rate: Optional[float] = None, padding_style: str = 'same',
-                 depthwise_impl: str = 'xla', bn_axis_name: Optional[str] = None,
+                 depthwise_impl: str = 'auto', bn_axis_name: Optional[str] = None,
                  bn_momentum: Optional[float] = None, **options) -> ZooModel:
     """Builds an architecture by name.
 
@@ -138,7 +138,8 @@ def create_model(name: str, *, num_classes: Optional[int] = None, alpha: float =
       dtype: computation dtype (jnp dtype or 'float32'/'bfloat16'/'float16'); param_dtype: storage dtype.
       dropout_rate: dropout before the classifier; None keeps the family's default.
       padding_style: 'same' (TensorFlow) or 'symmetric' (PyTorch).
-      depthwise_impl: 'xla' or 'shifted' (see `layers.DepthwiseConv2D`).
+      depthwise_impl: 'auto' (default: 'shifted' on CPU, 'xla' on GPU/TPU), 'xla', 'shifted' or
+        'shifted_autodiff' (see `layers.DepthwiseConv2D`); the parameters are the same.
       bn_axis_name: named mesh axis for synchronized batch statistics (None: per device).
       bn_momentum: BatchNorm running-average momentum; None keeps the family's TensorFlow default
         (0.99; 0.999 for V3). Short runs need less (e.g. 0.9) for the running statistics to forget

@@ -1,0 +1,185 @@
+"""Train-step and inference throughput of the zoo in JAX, per depthwise implementation, next to PyTorch.
+
+    python benchmarks/throughput.py --models=mobilenet_v1,cifar_mobilenet_v1 --batch_size=32 --image_size=224
+
+For each model and each `--impls` entry: the compile time of the JAX train step (forward, backward,
+TF-RMSprop from `mobilenets_jax.optim.create_optimizer`, BatchNorm statistics update), then train and
+inference images/sec as the median of `--repeats` synchronized timings after `--warmup` calls. When
+`import torch` works (and not `--no_torch`), the same network (`benchmarks/torch_models.py`, same
+parameter count, checked) with `torch.optim.RMSprop(alpha=0.9, momentum=0.9, eps=1.0)` is timed in the
+same run, NCHW and/or channels-last. Inputs are synthetic arrays already in memory: these numbers
+exclude the input pipeline. Prints a table and one JSON line per model (prefix `JSON `).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+import optax  # noqa: E402
+
+import mobilenets_jax as mj  # noqa: E402
+from mobilenets_jax import optim  # noqa: E402
+from mobilenets_jax.models import layers  # noqa: E402
+
+
+def _interleaved_rates(runners, batch_size, warmup, repeats):
+    """Median images/sec of each runner, timed round-robin so that load from other processes on the
+    machine hits every contender alike (sequential blocks would turn load swings into fake ratios)."""
+    for fn in runners.values():
+        for _ in range(warmup):
+            fn()
+    times = {key: [] for key in runners}
+    for _ in range(repeats):
+        for key, fn in runners.items():
+            start = time.perf_counter()
+            fn()
+            times[key].append(time.perf_counter() - start)
+    return {key: batch_size / statistics.median(t) for key, t in times.items()}
+
+
+def jax_benchmark(name, impl, args, num_classes, groups, size):
+    model = mj.create_model(name, num_classes=num_classes, alpha=args.alpha, groups=groups, dtype=args.dtype,
+                            depthwise_impl=impl)
+    shape = (args.batch_size, size, size, 3)
+    variables = mj.init_variables(model, seed=0, input_shape=shape)
+    tx = optim.create_optimizer(learning_rate_fn=0.01, weight_decay=4e-5)
+    params, batch_stats = variables['params'], variables['batch_stats']
+    opt_state = tx.init(params)
+    rng = np.random.default_rng(0)
+    images = jnp.asarray(rng.uniform(-1, 1, size=shape), jnp.float32)
+    labels = jnp.asarray(rng.integers(0, num_classes, size=args.batch_size), jnp.int32)
+    dropout_key = jax.random.key(1)
+
+    def train_step(params, batch_stats, opt_state, images, labels):
+        def loss_fn(p):
+            logits, updates = model.apply({'params': p, 'batch_stats': batch_stats}, images, train=True,
+                                          mutable=['batch_stats'], rngs={'dropout': dropout_key})
+            loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+            return loss, updates['batch_stats']
+        (loss, new_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+        updates, opt_state = tx.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), new_stats, opt_state, loss
+
+    start = time.perf_counter()
+    train = jax.jit(train_step, donate_argnums=(0, 1, 2)).lower(
+        params, batch_stats, opt_state, images, labels).compile()
+    compile_s = time.perf_counter() - start
+    infer = jax.jit(lambda v, x: model.apply(v, x, train=False)).lower(variables, images).compile()
+    n_params = sum(int(np.prod(a.shape)) for a in jax.tree.leaves(params))
+
+    state = [params, batch_stats, opt_state]
+
+    def run_train():
+        state[0], state[1], state[2], loss = train(state[0], state[1], state[2], images, labels)
+        jax.block_until_ready(loss)
+
+    def run_infer():
+        jax.block_until_ready(infer({'params': state[0], 'batch_stats': state[1]}, images))
+
+    return dict(train=run_train, infer=run_infer, compile_s=compile_s, params=n_params)
+
+
+def torch_benchmark(name, args, num_classes, groups, channels_last, size):
+    import torch
+    from benchmarks import torch_models
+    torch.manual_seed(0)
+    model = torch_models.create_torch_model(name, num_classes, args.alpha, groups)
+    images = torch.rand(args.batch_size, 3, size, size) * 2 - 1
+    labels = torch.randint(0, num_classes, (args.batch_size,))
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+        images = images.contiguous(memory_format=torch.channels_last)
+    opt = torch.optim.RMSprop(model.parameters(), lr=0.01, alpha=0.9, momentum=0.9, eps=1.0, weight_decay=4e-5)
+    loss_fn = torch.nn.CrossEntropyLoss()
+
+    def run_train():
+        model.train()
+        opt.zero_grad(set_to_none=True)
+        loss = loss_fn(model(images), labels)
+        loss.backward()
+        opt.step()
+
+    def run_infer():
+        model.eval()
+        with torch.inference_mode():
+            model(images)
+
+    return dict(train=run_train, infer=run_infer, params=torch_models.count_params(model))
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('--models', default=','.join(mj.list_models()))
+    parser.add_argument('--batch_size', type=int, default=32)
+    parser.add_argument('--image_size', type=int, default=None, help='default: the model\'s base resolution')
+    parser.add_argument('--alpha', type=float, default=1.0)
+    parser.add_argument('--dtype', default='float32', choices=['float32', 'bfloat16'])
+    parser.add_argument('--impls', default='xla,shifted,shifted_autodiff',
+                        help=f'depthwise implementations to time ({", ".join(layers.DEPTHWISE_IMPLS)})')
+    parser.add_argument('--warmup', type=int, default=2)
+    parser.add_argument('--repeats', type=int, default=5)
+    parser.add_argument('--no_torch', action='store_true')
+    parser.add_argument('--torch_layouts', default='nchw,channels_last')
+    args = parser.parse_args(argv)
+
+    try:
+        if args.no_torch:
+            raise ImportError
+        import torch
+        torch_version = torch.__version__
+    except ImportError:
+        torch_version = None
+    impls = [i for i in args.impls.split(',') if i]
+    auto = layers.resolve_depthwise_impl('auto')
+    print(f'# JAX {jax.__version__} on {jax.default_backend()} ({jax.devices()[0].device_kind}); '
+          f'auto -> {auto}; PyTorch {torch_version or "not installed"}; batch {args.batch_size}; {args.dtype}')
+    header = (f'{"model":22s} {"res":>4s} ' + ' '.join(f'{i + " tr/inf/comp":>28s}' for i in impls)
+              + ('  torch ' + ' '.join(f'{l + " tr/inf":>22s}' for l in args.torch_layouts.split(','))
+                 if torch_version else '') + '  ratio(best jax/best torch) tr, inf')
+    print(header, flush=True)
+    rows = []
+    for name in args.models.split(','):
+        spec = mj.get_spec(name)
+        size = args.image_size or spec.base_resolution
+        groups = spec.default_groups
+        num_classes = spec.default_num_classes
+        result = dict(model=name, batch_size=args.batch_size, image_size=size, alpha=args.alpha,
+                      dtype=args.dtype, backend=jax.default_backend(), auto=auto, jax={}, torch={})
+        for impl in impls:
+            result['jax'][impl] = jax_benchmark(name, impl, args, num_classes, groups, size)
+        if torch_version:
+            for layout in args.torch_layouts.split(','):
+                result['torch'][layout] = torch_benchmark(name, args, num_classes, groups, layout == 'channels_last', size)
+                assert result['torch'][layout]['params'] == next(iter(result['jax'].values()))['params'], \
+                    'PyTorch mirror has a different parameter count'
+        for mode in ('train', 'infer'):
+            runners = {(fw, key): r[mode] for fw in ('jax', 'torch') for key, r in result[fw].items()}
+            for (fw, key), rate in _interleaved_rates(runners, args.batch_size, args.warmup, args.repeats).items():
+                result[fw][key][mode] = rate
+        best_jax = {k: max(r[k] for r in result['jax'].values()) for k in ('train', 'infer')}
+        line = f'{name:22s} {size:4d} ' + ' '.join(
+            f'{r["train"]:8.2f}/{r["infer"]:8.2f}/{r["compile_s"]:5.1f}s'.rjust(28) for r in result['jax'].values())
+        if result['torch']:
+            best_torch = {k: max(r[k] for r in result['torch'].values()) for k in ('train', 'infer')}
+            result['ratio'] = {k: best_jax[k] / best_torch[k] for k in ('train', 'infer')}
+            if auto in result['jax']:
+                result['ratio_auto'] = {k: result['jax'][auto][k] / best_torch[k] for k in ('train', 'infer')}
+            line += '  ' + ' '.join(f'{r["train"]:10.2f}/{r["infer"]:10.2f}' for r in result['torch'].values())
+            line += f'  {result["ratio"]["train"]:5.2f}x {result["ratio"]["infer"]:5.2f}x'
+        print(line, flush=True)
+        print('JSON ' + json.dumps(result), flush=True)
+        rows.append(result)
+    return rows
+
+
+if __name__ == '__main__':
+    main()

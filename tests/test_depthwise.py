@@ -1,0 +1,157 @@
+"""Every depthwise / 1×1 / grouped-conv implementation computes what `lax` convolution computes.
+
+Values and gradients (wrt input and kernel) are compared with `lax.conv_general_dilated` over
+strides 1 and 2, both padding styles, odd/even/non-square inputs, kernels 3 and 5, in float32
+(tolerance 1e-5 relative to the output scale) and bfloat16 (2e-2 relative: 8 mantissa bits, and the
+two forms round their k² partial sums differently). Parameter trees and counts must not depend on the
+implementation. Nothing here compiles a full-size model.
+"""
+import itertools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import mobilenets_jax as mj
+from mobilenets_jax.models import layers
+
+IMPLS = [impl for impl in layers.DEPTHWISE_IMPLS if impl not in ('xla', 'auto')]
+SIZES = [(7, 7), (8, 8), (9, 6)]   # odd, even, non-square (odd × even)
+F32_TOL = 1e-5
+BF16_TOL = 2e-2
+
+
+def _lax_depthwise(x, kernel, strides, padding):
+    return jax.lax.conv_general_dilated(x, kernel, (strides, strides), padding,
+                                        dimension_numbers=('NHWC', 'HWIO', 'NHWC'),
+                                        feature_group_count=x.shape[-1])
+
+
+def _value_and_grads(fn, x, kernel, cotangent):
+    y, vjp = jax.vjp(fn, x, kernel)
+    return (y,) + vjp(cotangent)
+
+
+def _assert_close(actual, expected, tol, what):
+    actual = np.asarray(actual, np.float32)
+    expected = np.asarray(expected, np.float32)
+    assert actual.shape == expected.shape, what
+    scale = max(float(np.max(np.abs(expected))), 1e-6)
+    err = float(np.max(np.abs(actual - expected))) / scale
+    assert err <= tol, f'{what}: max error {err:.2e} of the scale > {tol}'
+
+
+CASES = list(itertools.product(SIZES, (3, 5), (1, 2), layers.PADDING_STYLES))
+
+
+def _all_cases(impl_fn, xs, kernels, cotangents):
+    """Values and gradients of every case in one traced program (one compile instead of 48 eager ones)."""
+    results = []
+    for ((height, width), k, strides, style), x, kernel, cotangent in zip(CASES, xs, kernels, cotangents):
+        padding = layers.conv_padding(k, style)
+        results.append(_value_and_grads(lambda a, b: impl_fn(a, b, strides, padding), x, kernel, cotangent))
+    return results
+
+
+@pytest.mark.parametrize('impl', IMPLS)
+@pytest.mark.parametrize('dtype,tol', [(jnp.float32, F32_TOL), (jnp.bfloat16, BF16_TOL)], ids=['f32', 'bf16'])
+def test_depthwise_equals_lax(impl, dtype, tol):
+    rng = np.random.default_rng(0)
+    xs, kernels, cotangents = [], [], []
+    for (height, width), k, strides, style in CASES:
+        padding = layers.conv_padding(k, style)
+        xs.append(jnp.asarray(rng.standard_normal((2, height, width, 6)), dtype))
+        kernels.append(jnp.asarray(rng.standard_normal((k, k, 1, 6)), dtype))
+        out_shape = jax.eval_shape(lambda a, b: _lax_depthwise(a, b, strides, padding), xs[-1], kernels[-1]).shape
+        cotangents.append(jnp.asarray(rng.standard_normal(out_shape), dtype))
+    expected = jax.jit(lambda *a: _all_cases(_lax_depthwise, *a))(xs, kernels, cotangents)
+    ours = lambda a, b, strides, padding: layers.depthwise_conv(a, b, strides, padding, impl)
+    actual = jax.jit(lambda *a: _all_cases(ours, *a))(xs, kernels, cotangents)
+    for ((height, width), k, strides, style), act, exp in zip(CASES, actual, expected):
+        for name, a, e in zip(('value', 'grad x', 'grad kernel'), act, exp):
+            assert a.dtype == e.dtype
+            _assert_close(a, e, tol, f'{impl} {name} {height}x{width} k{k} s{strides} {style} {dtype.__name__}')
+
+
+def test_depthwise_under_jit_matches_eager():
+    x = jnp.asarray(np.random.default_rng(1).standard_normal((2, 10, 10, 4)), jnp.float32)
+    kernel = jnp.asarray(np.random.default_rng(2).standard_normal((3, 3, 1, 4)), jnp.float32)
+    for impl in IMPLS:
+        grad = jax.jit(jax.grad(lambda a, b: jnp.sum(layers.depthwise_conv(a, b, 2, 'SAME', impl) ** 2), (0, 1)))
+        ref = jax.grad(lambda a, b: jnp.sum(_lax_depthwise(a, b, 2, 'SAME') ** 2), (0, 1))(x, kernel)
+        for a, e in zip(grad(x, kernel), ref):
+            _assert_close(a, e, F32_TOL, impl)
+
+
+def test_auto_resolves_per_backend():
+    assert layers.resolve_depthwise_impl('auto', 'cpu') == layers.AUTO_DEPTHWISE_IMPL['cpu']
+    for backend in ('gpu', 'cuda', 'tpu', 'something_new'):
+        assert layers.resolve_depthwise_impl('auto', backend) == 'xla'
+    assert layers.resolve_depthwise_impl('xla', 'cpu') == 'xla'
+    with pytest.raises(ValueError, match='depthwise_impl'):
+        layers.DepthwiseConv2D(impl='nope').init(jax.random.key(0), jnp.zeros((1, 4, 4, 2)))
+
+
+@pytest.mark.parametrize('groups,strides,use_bias', [(1, 1, False), (1, 2, True), (3, 1, True), (4, 1, False)])
+@pytest.mark.parametrize('dtype,tol', [(jnp.float32, F32_TOL), (jnp.bfloat16, BF16_TOL)], ids=['f32', 'bf16'])
+def test_pointwise_conv_equals_nn_conv(groups, strides, use_bias, dtype, tol):
+    """1×1 Conv2D (a matmul / grouped einsum) against `nn.Conv`, values and gradients, same parameters."""
+    import flax.linen as nn
+    x = jnp.asarray(np.random.default_rng(3).standard_normal((2, 7, 6, 12)), dtype)
+    ours = layers.Conv2D(24, 1, strides, groups, use_bias, dtype=dtype)
+    variables = ours.init(jax.random.key(0), x)
+    reference = nn.Conv(24, (1, 1), strides=(strides, strides), padding='SAME', feature_group_count=groups,
+                        use_bias=use_bias, dtype=dtype)
+    ref_vars = {'params': variables['params']['conv']}
+    assert jax.tree.map(jnp.shape, reference.init(jax.random.key(0), x)) == jax.tree.map(jnp.shape, ref_vars)
+
+    def ours_fn(v, a):
+        return ours.apply(v, a)
+
+    def ref_fn(v, a):
+        return reference.apply({'params': v['params']['conv']}, a)
+
+    y, vjp = jax.vjp(ours_fn, variables, x)
+    y_ref, vjp_ref = jax.vjp(ref_fn, variables, x)
+    _assert_close(y, y_ref, tol, 'value')
+    cotangent = jnp.asarray(np.random.default_rng(4).standard_normal(y.shape), dtype)
+    for a, e in zip(jax.tree.leaves(vjp(cotangent)), jax.tree.leaves(vjp_ref(cotangent))):
+        _assert_close(a, e, tol, 'grad')
+
+
+def test_channel_shuffle_is_transpose():
+    x = jnp.arange(2 * 12).reshape(1, 1, 2, 12)
+    y = layers.channel_shuffle(x, 3)
+    np.testing.assert_array_equal(y[0, 0, 0], np.arange(12).reshape(3, 4).T.reshape(-1))
+
+
+def _abstract_variables(name, impl, **kwargs):
+    model = mj.create_model(name, depthwise_impl=impl, **kwargs)
+    return jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 64, 64, 3)), train=False))
+
+
+@pytest.mark.parametrize('name,kwargs', [('mobilenet_v2', {}), ('mobilenet_v3_small', {}),
+                                         ('shufflenet_v1', {'groups': 3}), ('cifar_mobilenet_v1', {})])
+def test_parameter_tree_and_count_independent_of_impl(name, kwargs):
+    trees = {impl: _abstract_variables(name, impl, **kwargs) for impl in layers.DEPTHWISE_IMPLS}
+    shapes = {impl: jax.tree_util.tree_map_with_path(lambda p, a: (jax.tree_util.keystr(p), a.shape, a.dtype), t)
+              for impl, t in trees.items()}
+    reference = shapes['xla']
+    for impl, tree in shapes.items():
+        assert tree == reference, impl
+    count = sum(int(np.prod(a.shape)) for a in jax.tree.leaves(trees['xla']['params']))
+    assert count > 0
+    # The 1×1 convolutions keep nn.Conv's parameter path <name>/conv/kernel.
+    paths = [jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_flatten_with_path(trees['xla']['params'])[0]]
+    assert any(p.endswith("['conv']['kernel']") for p in paths)
+
+
+def test_init_variables_identical_across_impls():
+    values = {}
+    for impl in ('xla', 'shifted', 'auto'):
+        model = mj.create_model('cifar_mobilenet_v2', alpha=0.5, depthwise_impl=impl)
+        values[impl] = mj.init_variables(model, seed=0, input_shape=(1, 16, 16, 3))
+    for impl in ('shifted', 'auto'):
+        for a, b in zip(jax.tree.leaves(values['xla']), jax.tree.leaves(values[impl])):
+            np.testing.assert_array_equal(a, b)
