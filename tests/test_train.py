@@ -182,3 +182,16 @@ def test_killed_run_resumes_and_sigterm_saves(tmp_path):
     train_steps = [r['step'] for r in _read_metrics(workdir) if r['split'] == 'train']
     second_run = train_steps[train_steps.index(resumable + 1):] if resumable + 1 in train_steps else []
     assert second_run and second_run[0] == resumable + 1  # the second run continued, not restarted at 1
+
+
+CONFIG_NAMES = sorted(f[:-3] for f in os.listdir(os.path.join(REPO, 'configs')) if f.endswith('.py') and f != '__init__.py')
+
+
+@pytest.mark.parametrize('name', CONFIG_NAMES)
+def test_every_config_is_valid_and_documents_its_command(name):
+    import importlib
+    module = importlib.import_module(f'configs.{name}')
+    config = module.get_config()
+    train_lib.validate_config(config, num_devices=8)
+    if name != 'default':
+        assert f'--config=configs/{name}.py' in module.__doc__ and 'Expected' in module.__doc__
