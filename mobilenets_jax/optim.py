@@ -47,41 +47,41 @@ def tf_rmsprop(
     momentum: float = 0.9,
     epsilon: float = 1.0,
 ) -> optax.GradientTransformation:
-  """RMSprop exactly as ``tf.compat.v1.train.RMSPropOptimizer`` computes it.
+    """RMSprop exactly as ``tf.compat.v1.train.RMSPropOptimizer`` computes it.
 
-  Per step ``t`` (counting from 0), with gradient ``g``::
+    Per step ``t`` (counting from 0), with gradient ``g``::
 
-      ms  = decay * ms + (1 - decay) * g**2          # ms starts at ONE
-      mom = momentum * mom + lr(t) * g / sqrt(ms + epsilon)
-      update = -mom
+        ms  = decay * ms + (1 - decay) * g**2          # ms starts at ONE
+        mom = momentum * mom + lr(t) * g / sqrt(ms + epsilon)
+        update = -mom
 
-  Why not plain ``optax.rmsprop``: its defaults start the mean square at zero and
-  use a tiny epsilon, which with MobileNet's epsilon=1.0 and lr≈0.045 gives a
-  very different effective step size early in training; TF1 (what the papers
-  used) starts at one and puts epsilon inside the square root. The learning rate
-  multiplies the gradient *before* the momentum accumulation, so a schedule
-  change takes effect gradually, as in TF.
+    Why not plain ``optax.rmsprop``: its defaults start the mean square at zero and
+    use a tiny epsilon, which with MobileNet's epsilon=1.0 and lr≈0.045 gives a
+    very different effective step size early in training; TF1 (what the papers
+    used) starts at one and puts epsilon inside the square root. The learning rate
+    multiplies the gradient *before* the momentum accumulation, so a schedule
+    change takes effect gradually, as in TF.
 
-  Args:
-    learning_rate: a float or an optax schedule ``step -> lr``.
-    decay: discount of the running mean of squared gradients (TF's ``decay``).
-    momentum: momentum coefficient; 0 disables the momentum buffer.
-    epsilon: added to the mean square inside the square root.
+    Args:
+      learning_rate: a float or an optax schedule ``step -> lr``.
+      decay: discount of the running mean of squared gradients (TF's ``decay``).
+      momentum: momentum coefficient; 0 disables the momentum buffer.
+      epsilon: added to the mean square inside the square root.
 
-  Returns:
-    An ``optax.GradientTransformation``.
-  """
-  return optax.rmsprop(
-      learning_rate,
-      decay=decay,
-      eps=epsilon,
-      initial_scale=1.0,
-      eps_in_sqrt=True,
-      centered=False,
-      momentum=momentum if momentum else None,
-      nesterov=False,
-      bias_correction=False,
-  )
+    Returns:
+      An ``optax.GradientTransformation``.
+    """
+    return optax.rmsprop(
+        learning_rate,
+        decay=decay,
+        eps=epsilon,
+        initial_scale=1.0,
+        eps_in_sqrt=True,
+        centered=False,
+        momentum=momentum if momentum else None,
+        nesterov=False,
+        bias_correction=False,
+    )
 
 
 def learning_rate_schedule(
@@ -95,129 +95,129 @@ def learning_rate_schedule(
     decay_epochs: float = 2.4,
     end_learning_rate_factor: float = 0.0,
 ) -> optax.Schedule:
-  """Linear warmup followed by an exponential (staircase), cosine or flat phase.
+    """Linear warmup followed by an exponential (staircase), cosine or flat phase.
 
-  Durations are in epochs because the papers state them that way (e.g. decay by
-  0.94 every 2.4 epochs for MobileNetV3 / EfficientNet-style runs, 0.98 every
-  epoch for V2) and the batch size, hence ``steps_per_epoch``, varies by setup.
+    Durations are in epochs because the papers state them that way (e.g. decay by
+    0.94 every 2.4 epochs for MobileNetV3 / EfficientNet-style runs, 0.98 every
+    epoch for V2) and the batch size, hence ``steps_per_epoch``, varies by setup.
 
-  * warmup: ``base * step / warmup_steps`` for ``step < warmup_steps`` (0 at
-    step 0), ``warmup_steps = round(warmup_epochs * steps_per_epoch)``.
-  * ``'exponential'``: ``base * decay_rate ** floor((step - warmup_steps) /
-    (decay_epochs * steps_per_epoch))`` -- TF's staircase ``exponential_decay``
-    shifted by the warmup, so the first decay happens one full period after the
-    warmup ends.
-  * ``'cosine'``: from ``base`` at the end of warmup to
-    ``base * end_learning_rate_factor`` at ``num_epochs * steps_per_epoch``,
-    constant afterwards.
-  * ``'constant'``: ``base`` after the warmup.
+    * warmup: ``base * step / warmup_steps`` for ``step < warmup_steps`` (0 at
+      step 0), ``warmup_steps = round(warmup_epochs * steps_per_epoch)``.
+    * ``'exponential'``: ``base * decay_rate ** floor((step - warmup_steps) /
+      (decay_epochs * steps_per_epoch))`` -- TF's staircase ``exponential_decay``
+      shifted by the warmup, so the first decay happens one full period after the
+      warmup ends.
+    * ``'cosine'``: from ``base`` at the end of warmup to
+      ``base * end_learning_rate_factor`` at ``num_epochs * steps_per_epoch``,
+      constant afterwards.
+    * ``'constant'``: ``base`` after the warmup.
 
-  Args:
-    base_learning_rate: peak learning rate (already scaled for the batch size).
-    steps_per_epoch: optimiser steps per epoch; must be positive.
-    num_epochs: total training length in epochs (used by ``'cosine'``).
-    warmup_epochs: length of the linear warmup in epochs (0 disables it).
-    schedule: one of :data:`SCHEDULES`.
-    decay_rate: multiplicative factor per decay period (``'exponential'``).
-    decay_epochs: decay period in epochs (``'exponential'``).
-    end_learning_rate_factor: final fraction of the base rate (``'cosine'``).
+    Args:
+      base_learning_rate: peak learning rate (already scaled for the batch size).
+      steps_per_epoch: optimiser steps per epoch; must be positive.
+      num_epochs: total training length in epochs (used by ``'cosine'``).
+      warmup_epochs: length of the linear warmup in epochs (0 disables it).
+      schedule: one of :data:`SCHEDULES`.
+      decay_rate: multiplicative factor per decay period (``'exponential'``).
+      decay_epochs: decay period in epochs (``'exponential'``).
+      end_learning_rate_factor: final fraction of the base rate (``'cosine'``).
 
-  Returns:
-    An optax schedule mapping an integer step to a float32 learning rate.
+    Returns:
+      An optax schedule mapping an integer step to a float32 learning rate.
 
-  Raises:
-    ValueError: for an unknown ``schedule`` or inconsistent durations.
-  """
-  if schedule not in SCHEDULES:
-    raise ValueError(
-        f'Unknown learning-rate schedule {schedule!r}; expected one of '
-        f'{", ".join(repr(s) for s in SCHEDULES)}.')
-  if steps_per_epoch <= 0:
-    raise ValueError(f'steps_per_epoch must be positive, got {steps_per_epoch}.')
-  if warmup_epochs < 0:
-    raise ValueError(f'warmup_epochs must be >= 0, got {warmup_epochs}.')
+    Raises:
+      ValueError: for an unknown ``schedule`` or inconsistent durations.
+    """
+    if schedule not in SCHEDULES:
+        raise ValueError(
+            f'Unknown learning-rate schedule {schedule!r}; expected one of '
+            f'{", ".join(repr(s) for s in SCHEDULES)}.'
+        )
+    if steps_per_epoch <= 0:
+        raise ValueError(f'steps_per_epoch must be positive, got {steps_per_epoch}.')
+    if warmup_epochs < 0:
+        raise ValueError(f'warmup_epochs must be >= 0, got {warmup_epochs}.')
 
-  warmup_steps = int(round(warmup_epochs * steps_per_epoch))
-  total_steps = int(round(num_epochs * steps_per_epoch))
+    warmup_steps = int(round(warmup_epochs * steps_per_epoch))
+    total_steps = int(round(num_epochs * steps_per_epoch))
 
-  if schedule == 'exponential':
-    decay_steps = decay_epochs * steps_per_epoch
-    if decay_steps <= 0:
-      raise ValueError(
-          f'decay_epochs * steps_per_epoch must be positive, got {decay_steps}.')
-    # transition_steps may be fractional (2.4 epochs); optax divides in float,
-    # which is the formula we promise.
-    main = optax.exponential_decay(
-        init_value=base_learning_rate,
-        transition_steps=decay_steps,
-        decay_rate=decay_rate,
-        staircase=True,
-    )
-  elif schedule == 'cosine':
-    decay_steps = total_steps - warmup_steps
-    if decay_steps <= 0:
-      raise ValueError(
-          f'cosine schedule needs num_epochs ({num_epochs}) > warmup_epochs '
-          f'({warmup_epochs}).')
-    main = optax.cosine_decay_schedule(
-        init_value=base_learning_rate,
-        decay_steps=decay_steps,
-        alpha=end_learning_rate_factor,
-    )
-  else:
-    main = optax.constant_schedule(base_learning_rate)
+    if schedule == 'exponential':
+        decay_steps = decay_epochs * steps_per_epoch
+        if decay_steps <= 0:
+            raise ValueError(f'decay_epochs * steps_per_epoch must be positive, got {decay_steps}.')
+        # transition_steps may be fractional (2.4 epochs); optax divides in float,
+        # which is the formula we promise.
+        main = optax.exponential_decay(
+            init_value=base_learning_rate,
+            transition_steps=decay_steps,
+            decay_rate=decay_rate,
+            staircase=True,
+        )
+    elif schedule == 'cosine':
+        decay_steps = total_steps - warmup_steps
+        if decay_steps <= 0:
+            raise ValueError(
+                f'cosine schedule needs num_epochs ({num_epochs}) > warmup_epochs ' f'({warmup_epochs}).'
+            )
+        main = optax.cosine_decay_schedule(
+            init_value=base_learning_rate,
+            decay_steps=decay_steps,
+            alpha=end_learning_rate_factor,
+        )
+    else:
+        main = optax.constant_schedule(base_learning_rate)
 
-  if warmup_steps > 0:
-    warmup = optax.linear_schedule(
-        init_value=0.0, end_value=base_learning_rate,
-        transition_steps=warmup_steps)
-    joined = optax.join_schedules([warmup, main], [warmup_steps])
-  else:
-    joined = main
+    if warmup_steps > 0:
+        warmup = optax.linear_schedule(
+            init_value=0.0, end_value=base_learning_rate, transition_steps=warmup_steps
+        )
+        joined = optax.join_schedules([warmup, main], [warmup_steps])
+    else:
+        joined = main
 
-  def lr_fn(step):
-    # Always a float32 array, whatever branch is taken, so the value can be
-    # logged as a metric and used inside jit without dtype surprises.
-    return jnp.asarray(joined(step), dtype=jnp.float32)
+    def lr_fn(step):
+        # Always a float32 array, whatever branch is taken, so the value can be
+        # logged as a metric and used inside jit without dtype surprises.
+        return jnp.asarray(joined(step), dtype=jnp.float32)
 
-  return lr_fn
+    return lr_fn
 
 
 def _path_element_name(entry: Any) -> str:
-  """Name of one element of a ``jax.tree_util`` key path, as a string."""
-  for attr in ('key', 'name', 'idx'):
-    if hasattr(entry, attr):
-      return str(getattr(entry, attr))
-  return str(entry)
+    """Name of one element of a ``jax.tree_util`` key path, as a string."""
+    for attr in ('key', 'name', 'idx'):
+        if hasattr(entry, attr):
+            return str(getattr(entry, attr))
+    return str(entry)
 
 
 def weight_decay_mask(params: Any) -> Any:
-  """Which parameters get L2 weight decay: conv/dense kernels except depthwise.
+    """Which parameters get L2 weight decay: conv/dense kernels except depthwise.
 
-  The MobileNet papers regularise only the "real" weights: biases and BatchNorm
-  scale/offset are not decayed (standard practice), and MobileNetV1 (Sec. 4)
-  notes that depthwise filters should get little or no decay because they hold
-  so few parameters. A leaf is masked in iff its name is ``'kernel'`` and no
-  module on its path has ``'depthwise'`` in its name (case-insensitive) -- the
-  model zoo's convention for naming depthwise convolutions. The shape cannot be
-  used instead: a 3x3 stem conv on 1-channel images has the same
-  ``(3, 3, 1, C)`` kernel shape as a depthwise conv.
+    The MobileNet papers regularise only the "real" weights: biases and BatchNorm
+    scale/offset are not decayed (standard practice), and MobileNetV1 (Sec. 4)
+    notes that depthwise filters should get little or no decay because they hold
+    so few parameters. A leaf is masked in iff its name is ``'kernel'`` and no
+    module on its path has ``'depthwise'`` in its name (case-insensitive) -- the
+    model zoo's convention for naming depthwise convolutions. The shape cannot be
+    used instead: a 3x3 stem conv on 1-channel images has the same
+    ``(3, 3, 1, C)`` kernel shape as a depthwise conv.
 
-  Args:
-    params: a Flax ``params`` pytree (``dict`` or ``FrozenDict``).
+    Args:
+      params: a Flax ``params`` pytree (``dict`` or ``FrozenDict``).
 
-  Returns:
-    A pytree of Python bools with the same structure as ``params``, usable as
-    the ``mask`` of ``optax.add_decayed_weights``.
-  """
+    Returns:
+      A pytree of Python bools with the same structure as ``params``, usable as
+      the ``mask`` of ``optax.add_decayed_weights``.
+    """
 
-  def is_decayed(path, _):
-    names = [_path_element_name(p) for p in path]
-    if not names or names[-1] != 'kernel':
-      return False
-    return not any('depthwise' in n.lower() for n in names[:-1])
+    def is_decayed(path, _):
+        names = [_path_element_name(p) for p in path]
+        if not names or names[-1] != 'kernel':
+            return False
+        return not any('depthwise' in n.lower() for n in names[:-1])
 
-  return jax.tree_util.tree_map_with_path(is_decayed, params)
+    return jax.tree_util.tree_map_with_path(is_decayed, params)
 
 
 def create_optimizer(
@@ -231,115 +231,115 @@ def create_optimizer(
     epsilon: float = 1.0,
     grad_clip_norm: Optional[float] = None,
 ) -> optax.GradientTransformation:
-  """The full optimiser: [clip] -> coupled L2 on masked kernels -> optimizer.
+    """The full optimiser: [clip] -> coupled L2 on masked kernels -> optimizer.
 
-  The L2 term is *coupled* (added to the gradient, ``g + wd * w``) rather than
-  decoupled (AdamW-style), because TF-slim's ``l2_regularizer(wd)`` adds
-  ``wd * l2_loss(w) = wd * sum(w**2) / 2`` to the loss, whose gradient ``wd * w``
-  then goes through RMSprop's normalisation like any other gradient. The
-  published ``weight_decay=4e-5`` only means the same thing under this form.
+    The L2 term is *coupled* (added to the gradient, ``g + wd * w``) rather than
+    decoupled (AdamW-style), because TF-slim's ``l2_regularizer(wd)`` adds
+    ``wd * l2_loss(w) = wd * sum(w**2) / 2`` to the loss, whose gradient ``wd * w``
+    then goes through RMSprop's normalisation like any other gradient. The
+    published ``weight_decay=4e-5`` only means the same thing under this form.
 
-  Gradient clipping (if any) sees only the data gradient, before the L2 term.
+    Gradient clipping (if any) sees only the data gradient, before the L2 term.
 
-  The learning rate is not stored in the optimiser state; the training loop
-  reports it as ``learning_rate_fn(step)``.
+    The learning rate is not stored in the optimiser state; the training loop
+    reports it as ``learning_rate_fn(step)``.
 
-  Args:
-    learning_rate_fn: a schedule (e.g. from :func:`learning_rate_schedule`) or
-      a float.
-    weight_decay: L2 coefficient; 0 disables the term entirely.
-    params_for_mask: optional params pytree to precompute the decay mask from;
-      by default the mask is computed from the params at each update (same
-      result, works for any params tree the optimiser is applied to).
-    optimizer: ``'rmsprop'`` (TF form, the papers), ``'adam'`` (the CIFAR-10
-      reproduction study) or ``'sgd'`` (Nesterov momentum SGD).
-    rmsprop_decay: RMSprop mean-square decay.
-    momentum: momentum for ``'rmsprop'`` and ``'sgd'``.
-    epsilon: RMSprop epsilon (inside the square root).
-    grad_clip_norm: if set and positive, clip gradients to this global norm.
+    Args:
+      learning_rate_fn: a schedule (e.g. from :func:`learning_rate_schedule`) or
+        a float.
+      weight_decay: L2 coefficient; 0 disables the term entirely.
+      params_for_mask: optional params pytree to precompute the decay mask from;
+        by default the mask is computed from the params at each update (same
+        result, works for any params tree the optimiser is applied to).
+      optimizer: ``'rmsprop'`` (TF form, the papers), ``'adam'`` (the CIFAR-10
+        reproduction study) or ``'sgd'`` (Nesterov momentum SGD).
+      rmsprop_decay: RMSprop mean-square decay.
+      momentum: momentum for ``'rmsprop'`` and ``'sgd'``.
+      epsilon: RMSprop epsilon (inside the square root).
+      grad_clip_norm: if set and positive, clip gradients to this global norm.
 
-  Returns:
-    An ``optax.GradientTransformation``; its ``update`` needs ``params`` when
-    ``weight_decay > 0``.
+    Returns:
+      An ``optax.GradientTransformation``; its ``update`` needs ``params`` when
+      ``weight_decay > 0``.
 
-  Raises:
-    ValueError: for an unknown ``optimizer`` or a negative ``weight_decay``.
-  """
-  if optimizer not in OPTIMIZERS:
-    raise ValueError(
-        f'Unknown optimizer {optimizer!r}; expected one of '
-        f'{", ".join(repr(o) for o in OPTIMIZERS)}.')
-  if weight_decay < 0:
-    raise ValueError(f'weight_decay must be >= 0, got {weight_decay}.')
+    Raises:
+      ValueError: for an unknown ``optimizer`` or a negative ``weight_decay``.
+    """
+    if optimizer not in OPTIMIZERS:
+        raise ValueError(
+            f'Unknown optimizer {optimizer!r}; expected one of ' f'{", ".join(repr(o) for o in OPTIMIZERS)}.'
+        )
+    if weight_decay < 0:
+        raise ValueError(f'weight_decay must be >= 0, got {weight_decay}.')
 
-  parts = []
-  if grad_clip_norm is not None and grad_clip_norm > 0:
-    parts.append(optax.clip_by_global_norm(grad_clip_norm))
-  if weight_decay > 0:
-    mask: Union[Any, Callable[[Any], Any]] = (
-        weight_decay_mask if params_for_mask is None
-        else weight_decay_mask(params_for_mask))
-    parts.append(optax.add_decayed_weights(weight_decay, mask=mask))
+    parts = []
+    if grad_clip_norm is not None and grad_clip_norm > 0:
+        parts.append(optax.clip_by_global_norm(grad_clip_norm))
+    if weight_decay > 0:
+        mask: Union[Any, Callable[[Any], Any]] = (
+            weight_decay_mask if params_for_mask is None else weight_decay_mask(params_for_mask)
+        )
+        parts.append(optax.add_decayed_weights(weight_decay, mask=mask))
 
-  if optimizer == 'rmsprop':
-    parts.append(tf_rmsprop(learning_rate_fn, decay=rmsprop_decay,
-                            momentum=momentum, epsilon=epsilon))
-  elif optimizer == 'adam':
-    parts.append(optax.adam(learning_rate_fn))
-  else:
-    parts.append(optax.sgd(learning_rate_fn, momentum=momentum, nesterov=True))
-  return optax.chain(*parts)
+    if optimizer == 'rmsprop':
+        parts.append(tf_rmsprop(learning_rate_fn, decay=rmsprop_decay, momentum=momentum, epsilon=epsilon))
+    elif optimizer == 'adam':
+        parts.append(optax.adam(learning_rate_fn))
+    else:
+        parts.append(optax.sgd(learning_rate_fn, momentum=momentum, nesterov=True))
+    return optax.chain(*parts)
 
 
 def ema_update(ema_tree: Any, new_tree: Any, decay: Any) -> Any:
-  """``ema = decay * ema + (1 - decay) * new``, leaf by leaf, dtype preserved.
+    """``ema = decay * ema + (1 - decay) * new``, leaf by leaf, dtype preserved.
 
-  Used for both ``params`` and ``batch_stats`` so that evaluating the EMA model
-  uses BatchNorm statistics consistent with the averaged weights. The blend is
-  computed in at least float32 (bf16 EMAs would stall: 1 - 0.9999 underflows
-  the bf16 mantissa) and cast back to the EMA leaf's dtype. Non-float leaves
-  (e.g. integer counters) are copied from ``new_tree``.
+    Used for both ``params`` and ``batch_stats`` so that evaluating the EMA model
+    uses BatchNorm statistics consistent with the averaged weights. The blend is
+    computed in at least float32 (bf16 EMAs would stall: 1 - 0.9999 underflows
+    the bf16 mantissa) and cast back to the EMA leaf's dtype. Non-float leaves
+    (e.g. integer counters) are copied from ``new_tree``.
 
-  Args:
-    ema_tree: the running average.
-    new_tree: the current values; same structure as ``ema_tree``.
-    decay: scalar in [0, 1] (float or traced array); 0 copies ``new_tree``.
+    Args:
+      ema_tree: the running average.
+      new_tree: the current values; same structure as ``ema_tree``.
+      decay: scalar in [0, 1] (float or traced array); 0 copies ``new_tree``.
 
-  Returns:
-    The updated average, same structure and dtypes as ``ema_tree``.
-  """
-  decay = jnp.asarray(decay, dtype=jnp.float32)
+    Returns:
+      The updated average, same structure and dtypes as ``ema_tree``.
+    """
+    decay = jnp.asarray(decay, dtype=jnp.float32)
 
-  def blend(ema, new):
-    ema = jnp.asarray(ema)
-    new = jnp.asarray(new)
-    if not jnp.issubdtype(ema.dtype, jnp.floating):
-      return new.astype(ema.dtype)
-    compute_dtype = jnp.promote_types(ema.dtype, jnp.float32)
-    out = (decay.astype(compute_dtype) * ema.astype(compute_dtype)
-           + (1 - decay).astype(compute_dtype) * new.astype(compute_dtype))
-    return out.astype(ema.dtype)
+    def blend(ema, new):
+        ema = jnp.asarray(ema)
+        new = jnp.asarray(new)
+        if not jnp.issubdtype(ema.dtype, jnp.floating):
+            return new.astype(ema.dtype)
+        compute_dtype = jnp.promote_types(ema.dtype, jnp.float32)
+        out = decay.astype(compute_dtype) * ema.astype(compute_dtype) + (1 - decay).astype(
+            compute_dtype
+        ) * new.astype(compute_dtype)
+        return out.astype(ema.dtype)
 
-  return jax.tree.map(blend, ema_tree, new_tree)
+    return jax.tree.map(blend, ema_tree, new_tree)
 
 
 def ema_decay_with_warmup(step: Any, decay: Any) -> jax.Array:
-  """EMA decay at ``step`` with TF's ``num_updates`` warmup.
+    """EMA decay at ``step`` with TF's ``num_updates`` warmup.
 
-  ``tf.train.ExponentialMovingAverage(decay, num_updates=step)`` uses
-  ``min(decay, (1 + step) / (10 + step))`` so the average tracks the fast-moving
-  early weights instead of being dominated by the random initialisation. A
-  ``decay <= 0`` means the EMA is disabled and returns 0 (the EMA then equals a
-  copy of the weights under :func:`ema_update`).
+    ``tf.train.ExponentialMovingAverage(decay, num_updates=step)`` uses
+    ``min(decay, (1 + step) / (10 + step))`` so the average tracks the fast-moving
+    early weights instead of being dominated by the random initialisation. A
+    ``decay <= 0`` means the EMA is disabled and returns 0 (the EMA then equals a
+    copy of the weights under :func:`ema_update`).
 
-  Args:
-    step: number of optimiser updates so far (int or traced array).
-    decay: the configured EMA decay, e.g. 0.9999.
+    Args:
+      step: number of optimiser updates so far (int or traced array).
+      decay: the configured EMA decay, e.g. 0.9999.
 
-  Returns:
-    A float32 scalar.
-  """
-  step = jnp.asarray(step, dtype=jnp.float32)
-  decay = jnp.asarray(decay, dtype=jnp.float32)
-  warm = jnp.minimum(decay, (1.0 + step) / (10.0 + step))
-  return jnp.where(decay <= 0, jnp.zeros_like(warm), warm)
+    Returns:
+      A float32 scalar.
+    """
+    step = jnp.asarray(step, dtype=jnp.float32)
+    decay = jnp.asarray(decay, dtype=jnp.float32)
+    warm = jnp.minimum(decay, (1.0 + step) / (10.0 + step))
+    return jnp.where(decay <= 0, jnp.zeros_like(warm), warm)
