@@ -41,9 +41,3 @@ def restore(manager: ocp.CheckpointManager, step: int, target: Any) -> Any:
     """Restores 'state' at `step` into the structure, dtypes and shardings of the abstract `target`."""
     restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))
     return restored['state']
-
-
-def restore_metadata(manager: ocp.CheckpointManager, step: int) -> Any:
-    """The saved tree's structure and shapes, without reading any arrays."""
-    metadata = manager.item_metadata(step)
-    return metadata['state'] if metadata is not None and 'state' in metadata else None

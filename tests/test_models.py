@@ -132,16 +132,6 @@ def test_bfloat16_close_to_float32():
     assert float(jnp.max(jnp.abs(logits16 - logits32))) <= 0.05 * scale
 
 
-def test_shifted_depthwise_same_as_xla():
-    x = jnp.asarray(np.random.default_rng(0).normal(size=(2, 13, 10, 8)), jnp.float32)
-    for strides in (1, 2):
-        for style in ('same', 'symmetric'):
-            xla = layers.DepthwiseConv2D(3, strides, True, style, 'xla')
-            shifted = layers.DepthwiseConv2D(3, strides, True, style, 'shifted')
-            variables = xla.init(jax.random.key(0), x)
-            np.testing.assert_allclose(shifted.apply(variables, x), xla.apply(variables, x), atol=1e-5)
-
-
 def test_init_variables_matches_flax_init_structure_and_scale():
     model = mj.create_model('cifar_mobilenet_v2', alpha=0.5)
     images = jnp.zeros((1, 16, 16, 3))
