@@ -395,6 +395,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                     f'The last good checkpoint in {checkpoints.checkpoint_dir(workdir)} is intact '
                     f'(step {manager.latest_step()}). Lower config.learning_rate or enable config.grad_clip_norm.')
 
+    def save_final(step):
+        # The periodic save may already hold this step (e.g. SIGTERM right after it); saving twice is an error.
+        if manager.latest_step() != step:
+            checkpoints.save(manager, step, state, force=True)
+        manager.wait_until_finished()
+
     pending, last_record = [], None
     interval_start, input_wait = time.time(), 0.0
     run_start, run_start_step = time.time(), start_step
@@ -441,8 +447,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
             if preemption.requested or manager.reached_preemption(step):
                 if pending:
                     check_finite(jax.device_get(pending), step)
-                checkpoints.save(manager, step, state, force=True)
-                manager.wait_until_finished()
+                save_final(step)
                 logging.warning('Preempted: saved the checkpoint at step %d; rerun the same command to resume.',
                                 step)
                 status = 'preempted'
@@ -460,9 +465,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                     break
 
     if status in ('finished', 'early_stopped'):
-        if manager.latest_step() != step:
-            checkpoints.save(manager, step, state, force=True)
-        manager.wait_until_finished()
+        save_final(step)
         last_record = run_eval(state, step)
     manager.close()
     return dict(last_record or {'step': step}, status=status)
