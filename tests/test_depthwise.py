@@ -54,9 +54,13 @@ def _all_cases(impl_fn, xs, kernels, cotangents):
     return results
 
 
-@pytest.mark.parametrize('impl', IMPLS)
+@pytest.mark.parametrize('impl', IMPLS + ['shifted:batched_kernel_grad'])
 @pytest.mark.parametrize('dtype,tol', [(jnp.float32, F32_TOL), (jnp.bfloat16, BF16_TOL)], ids=['f32', 'bf16'])
-def test_depthwise_equals_lax(impl, dtype, tol):
+def test_depthwise_equals_lax(impl, dtype, tol, monkeypatch):
+    if impl == 'shifted:batched_kernel_grad':
+        # The one-reduction kernel gradient is used only on large maps; force it on these small ones.
+        monkeypatch.setattr(layers, '_BATCHED_KERNEL_GRAD_MIN_SIZE', 0)
+        impl = 'shifted'
     rng = np.random.default_rng(0)
     xs, kernels, cotangents = [], [], []
     for (height, width), k, strides, style in CASES:

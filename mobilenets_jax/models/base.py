@@ -59,7 +59,7 @@ class ZooModel(nn.Module):
         """Global average pool, dropout, classifier; logits are returned in float32."""
         if pool:
             x = layers.global_average_pool(x)
-        x = nn.Dropout(self.dropout_rate, deterministic=not train, name='dropout')(x)
+        x = layers.Dropout(self.dropout_rate, deterministic=not train, name='dropout')(x)
         x = layers.classifier(x, self.num_classes, dtype=self.dtype, param_dtype=self.param_dtype,
                               use_bias=use_bias)
         return jnp.asarray(x, jnp.float32)

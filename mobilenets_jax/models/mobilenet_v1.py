@@ -112,5 +112,5 @@ class CifarMobileNet(ZooModel):
             x = nn.relu(norm(name=f'{name}_depthwise_bn')(x))
             x = conv(int(features * self.alpha), use_bias=True, name=f'{name}_pointwise')(x)
             x = nn.relu(norm(name=f'{name}_pointwise_bn')(x))
-            x = nn.Dropout(self.dropout_rate, deterministic=not train, name=f'{name}_dropout')(x)
+            x = layers.Dropout(self.dropout_rate, deterministic=not train, name=f'{name}_dropout')(x)
         return self.head(x, train)
