@@ -97,15 +97,23 @@ def test_auto_resolves_per_backend():
         layers.DepthwiseConv2D(impl='nope').init(jax.random.key(0), jnp.zeros((1, 4, 4, 2)))
 
 
-@pytest.mark.parametrize('groups,strides,use_bias', [(1, 1, False), (1, 2, True), (3, 1, True), (4, 1, False)])
+@pytest.mark.parametrize('kernel_size,in_channels,groups,strides,use_bias,style', [
+    (1, 12, 1, 1, False, 'same'), (1, 12, 1, 2, True, 'same'), (1, 12, 3, 1, True, 'same'),
+    (1, 12, 4, 1, False, 'same'),                                  # 1×1: matmul / grouped einsum
+    (3, 3, 1, 1, True, 'same'), (3, 3, 1, 1, False, 'symmetric'),  # stride-1 few channels: im2col
+    (5, 4, 1, 1, True, 'symmetric'),
+    (3, 3, 1, 2, True, 'same'), (3, 12, 1, 1, False, 'same'),      # lax convolution
+])
 @pytest.mark.parametrize('dtype,tol', [(jnp.float32, F32_TOL), (jnp.bfloat16, BF16_TOL)], ids=['f32', 'bf16'])
-def test_pointwise_conv_equals_nn_conv(groups, strides, use_bias, dtype, tol):
-    """1×1 Conv2D (a matmul / grouped einsum) against `nn.Conv`, values and gradients, same parameters."""
+def test_conv2d_equals_nn_conv(kernel_size, in_channels, groups, strides, use_bias, style, dtype, tol):
+    """Conv2D (matmul for 1×1, im2col for stride-1 convolutions over few channels, `lax` otherwise)
+    against `nn.Conv`: values and gradients, same parameters."""
     import flax.linen as nn
-    x = jnp.asarray(np.random.default_rng(3).standard_normal((2, 7, 6, 12)), dtype)
-    ours = layers.Conv2D(24, 1, strides, groups, use_bias, dtype=dtype)
+    x = jnp.asarray(np.random.default_rng(3).standard_normal((2, 7, 6, in_channels)), dtype)
+    ours = layers.Conv2D(24, kernel_size, strides, groups, use_bias, padding_style=style, dtype=dtype)
     variables = ours.init(jax.random.key(0), x)
-    reference = nn.Conv(24, (1, 1), strides=(strides, strides), padding='SAME', feature_group_count=groups,
+    reference = nn.Conv(24, (kernel_size, kernel_size), strides=(strides, strides),
+                        padding=layers.conv_padding(kernel_size, style), feature_group_count=groups,
                         use_bias=use_bias, dtype=dtype)
     ref_vars = {'params': variables['params']['conv']}
     assert jax.tree.map(jnp.shape, reference.init(jax.random.key(0), x)) == jax.tree.map(jnp.shape, ref_vars)

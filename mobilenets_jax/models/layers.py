@@ -82,17 +82,28 @@ def conv_padding(kernel_size: int, padding_style: str):
     raise ValueError(f'unknown padding_style {padding_style!r}; allowed: {list(PADDING_STYLES)}')
 
 
-class _ConvKernel(nn.Module):
-    """The parameters of a `nn.Conv` (same names, shapes and initializers), computed as a matmul.
+# im2col (k² shifted copies side by side, then one matmul) beats XLA:CPU's convolution for a stride-1
+# k×k convolution over at most this many input channels (the CIFAR stems: 3 channels). Measured on
+# the 2-core Xeon, 64×32×32×3 → 32: forward 17.2 → 3.0 ms, kernel gradient 6.6 → 4.8 ms. At stride 2
+# (the ImageNet stems) and over wide inputs (64×16×16×64) the convolution was as fast or faster.
+_IM2COL_MAX_INPUT_CHANNELS = 4
 
-    Used for 1×1 convolutions: declaring `kernel` (1, 1, cin/groups, cout) and `bias` here keeps the
-    parameter tree `<name>/conv/{kernel,bias}` that `nn.Conv(name='conv')` would create, so checkpoints
-    and parameter counts do not depend on how the convolution is computed.
+
+class _ConvKernel(nn.Module):
+    """The parameters of a `nn.Conv` (same names, shapes and initializers) and how they are applied.
+
+    Declaring `kernel` (k, k, cin/groups, cout) and `bias` here keeps the parameter tree
+    `<name>/conv/{kernel,bias}` that `nn.Conv(name='conv')` would create (and its initial values),
+    so checkpoints and parameter counts do not depend on how the convolution is computed:
+    1×1 as a matmul (`pointwise_conv`), stride-1 k×k over few channels as im2col + matmul, anything
+    else as `lax.conv_general_dilated`.
     """
     features: int
+    kernel_size: int = 1
     strides: int = 1
     groups: int = 1
     use_bias: bool = False
+    padding: Any = 'SAME'
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
 
@@ -102,12 +113,31 @@ class _ConvKernel(nn.Module):
         if in_channels % self.groups or self.features % self.groups:
             raise ValueError(f'channels ({in_channels} in, {self.features} out) must be divisible by '
                              f'groups={self.groups}')
-        kernel = self.param('kernel', _CONV_INIT, (1, 1, in_channels // self.groups, self.features),
+        k = self.kernel_size
+        kernel = self.param('kernel', _CONV_INIT, (k, k, in_channels // self.groups, self.features),
                             self.param_dtype)
         bias = (self.param('bias', nn.initializers.zeros, (self.features,), self.param_dtype)
                 if self.use_bias else None)
         x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
-        return pointwise_conv(x, kernel, self.strides, self.groups, bias)
+        if k == 1:
+            return pointwise_conv(x, kernel, self.strides, self.groups, bias)
+        if self.strides == 1 and self.groups == 1 and in_channels <= _IM2COL_MAX_INPUT_CHANNELS:
+            y = im2col_conv(x, kernel, self.padding)
+        else:
+            y = jax.lax.conv_general_dilated(x, kernel, (self.strides, self.strides), self.padding,
+                                             dimension_numbers=('NHWC', 'HWIO', 'NHWC'),
+                                             feature_group_count=self.groups)
+        return y if bias is None else y + bias
+
+
+def im2col_conv(x, kernel, padding):
+    """A stride-1 k×k convolution as one matmul over the k²·cin patch vectors (ordered as the kernel)."""
+    kh, kw, cin, cout = kernel.shape
+    pads = explicit_padding(x.shape[1], x.shape[2], (kh, kw), 1, padding)
+    xp = jnp.pad(x, ((0, 0), pads[0], pads[1], (0, 0)))
+    out_hw = (_out_size(x.shape[1], pads[0], kh, 1), _out_size(x.shape[2], pads[1], kw, 1))
+    patches = jnp.concatenate([tap for _, tap in _taps(xp, (kh, kw), 1, out_hw)], axis=-1)
+    return jnp.einsum('nhwk,kd->nhwd', patches, kernel.reshape(kh * kw * cin, cout))
 
 
 def pointwise_conv(x, kernel, strides: int = 1, groups: int = 1, bias=None):
@@ -139,8 +169,8 @@ class Conv2D(nn.Module):
     """A square 2-D convolution (optionally grouped) with the zoo's padding convention.
 
     Parameters always live at `<name>/conv/kernel` (k, k, cin/groups, cout) and `<name>/conv/bias`,
-    as `nn.Conv(name='conv')` creates them. k×k convolutions (k > 1) are `nn.Conv`; 1×1 convolutions
-    (dense or grouped) are computed as matmuls (`pointwise_conv`) with the same parameters and numbers.
+    as `nn.Conv(name='conv')` creates them; `_ConvKernel` picks the fastest form (matmul for 1×1,
+    im2col for stride-1 convolutions over few channels, `lax` otherwise) with the same numbers.
     """
     features: int
     kernel_size: int = 1
@@ -153,21 +183,9 @@ class Conv2D(nn.Module):
 
     @nn.compact
     def __call__(self, x):
-        if self.kernel_size == 1:
-            return _ConvKernel(self.features, self.strides, self.groups, self.use_bias, self.dtype,
-                               self.param_dtype, name='conv')(x)
-        return nn.Conv(
-            self.features,
-            (self.kernel_size, self.kernel_size),
-            strides=(self.strides, self.strides),
-            padding=conv_padding(self.kernel_size, self.padding_style),
-            feature_group_count=self.groups,
-            use_bias=self.use_bias,
-            dtype=self.dtype,
-            param_dtype=self.param_dtype,
-            kernel_init=_CONV_INIT,
-            name='conv',
-        )(x)
+        return _ConvKernel(self.features, self.kernel_size, self.strides, self.groups, self.use_bias,
+                           conv_padding(self.kernel_size, self.padding_style), self.dtype, self.param_dtype,
+                           name='conv')(x)
 
 
 def explicit_padding(height: int, width: int, kernel_size: tuple, strides: int, padding):
