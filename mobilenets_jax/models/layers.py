@@ -255,31 +255,36 @@ def _materialized_pad(x, pads, value=0):
     return jax.lax.optimization_barrier(jax.lax.pad(x, jnp.asarray(value, x.dtype), pads))
 
 
-# Below this many dy elements the k² kernel-gradient sums are cheaper as separate reductions.
-_BATCHED_KERNEL_GRAD_MIN_SIZE = 1 << 18
+# Output maps of at most this many positions reduce their kernel gradient over (h, w) in one go;
+# larger ones over w first (see `_depthwise_kernel_grad`).
+_KERNEL_GRAD_SPATIAL_REDUCE_MAX = 1024
 
 
 def _depthwise_kernel_grad(xp, dy, kernel_hw: tuple, strides: int):
     """dk[i, j, 0, c] = sum_{n,h,w} xp[n, i + s h, j + s w, c] · dy[n, h, w, c], accumulated in f32.
 
     Written as k² separate `sum(tap * dy)`, XLA:CPU materializes every shifted tap before reducing
-    it (9 extra passes over the activation). One variadic reduction over the batch axis with all k²
-    products as operands reads each tap straight from `xp` in a single loop, leaving k² (h, w, c)
-    partial sums to finish. Measured (2-core Xeon, f32, one 3×3 layer): 64×32×32×32 36 → 12 ms,
-    16×112×112×32 116 → 35 ms, 16×56×56×128 108 → 58 ms; on small maps (64×8×8×128 at stride 2,
-    0.9 vs 1.8 ms) the separate reductions win, hence the size switch.
+    it (k² extra passes over the activation). Here all k² products are the operands of one variadic
+    reduction, which reads each tap straight from `xp` in a single loop and leaves small partial
+    sums. Which axes that loop reduces matters: over (h, w) for maps up to 32×32, over w alone for
+    larger ones. Measured (2-core Xeon, f32, one 3×3 layer, ms):
+
+        dy shape (stride)      k² sums   one reduce over n   over (h, w)   over w
+        64×32×32×32 (1)           40            13               5.4         6.5
+        64×8×8×128 (2)            1.2           1.8              0.6         0.7
+        16×112×112×32 (1)         118           40               60          24
+        16×56×56×128 (1)          108           65               72          25
+        16×14×14×512 (1)          26            14               6.5         11
     """
     acc = _accumulation_dtype(dy.dtype)
     dy_acc = dy.astype(acc)
-    out_hw = dy.shape[1:3]
-    products = [tap.astype(acc) * dy_acc for _, tap in _taps(xp, kernel_hw, strides, out_hw)]
-    if dy.size >= _BATCHED_KERNEL_GRAD_MIN_SIZE and dy.shape[0] > 1:
-        zero = jnp.zeros((), acc)
-        partial = jax.lax.reduce(tuple(products), (zero,) * len(products),
-                                 lambda a, b: tuple(u + v for u, v in zip(a, b)), (0,))
-        sums = [jnp.sum(p, axis=(0, 1)) for p in partial]
-    else:
-        sums = [jnp.sum(p, axis=(0, 1, 2)) for p in products]
+    out_h, out_w = dy.shape[1:3]
+    products = tuple(tap.astype(acc) * dy_acc for _, tap in _taps(xp, kernel_hw, strides, (out_h, out_w)))
+    axes = (1, 2) if out_h * out_w <= _KERNEL_GRAD_SPATIAL_REDUCE_MAX else (2,)
+    zero = jnp.zeros((), acc)
+    partial = jax.lax.reduce(products, (zero,) * len(products),
+                             lambda a, b: tuple(u + v for u, v in zip(a, b)), axes)
+    sums = [p.reshape(-1, p.shape[-1]).sum(axis=0) for p in partial]
     return jnp.stack(sums).reshape(kernel_hw[0], kernel_hw[1], 1, dy.shape[3])
 
 
