@@ -46,7 +46,7 @@ def _interleaved_rates(runners, batch_size, warmup, repeats):
     return {key: batch_size / statistics.median(t) for key, t in times.items()}
 
 
-def jax_benchmark(name, impl, args, num_classes, groups, size):
+def jax_benchmark(name, impl, args, num_classes, groups, size, compile_only=False):
     model = mj.create_model(name, num_classes=num_classes, alpha=args.alpha, groups=groups, dtype=args.dtype,
                             depthwise_impl=impl)
     shape = (args.batch_size, size, size, 3)
@@ -73,6 +73,8 @@ def jax_benchmark(name, impl, args, num_classes, groups, size):
     train = jax.jit(train_step, donate_argnums=(0, 1, 2)).lower(
         params, batch_stats, opt_state, images, labels).compile()
     compile_s = time.perf_counter() - start
+    if compile_only:
+        return dict(compile_s=compile_s)
     infer = jax.jit(lambda v, x: model.apply(v, x, train=False)).lower(variables, images).compile()
     n_params = sum(int(np.prod(a.shape)) for a in jax.tree.leaves(params))
 
@@ -116,6 +118,24 @@ def torch_benchmark(name, args, num_classes, groups, channels_last, size):
     return dict(train=run_train, infer=run_infer, params=torch_models.count_params(model))
 
 
+def compile_times(args):
+    """Train-step compile seconds per model and depthwise implementation (one JSON line per model)."""
+    impls = [i for i in args.impls.split(',') if i]
+    print(f'# JAX {jax.__version__} on {jax.default_backend()}; train-step compile seconds; batch {args.batch_size}')
+    print(f'{"model":22s} {"res":>4s} ' + ' '.join(f'{i:>18s}' for i in impls), flush=True)
+    rows = []
+    for name in args.models.split(','):
+        spec = mj.get_spec(name)
+        size = args.image_size or spec.base_resolution
+        seconds = {impl: jax_benchmark(name, impl, args, spec.default_num_classes, spec.default_groups, size,
+                                       compile_only=True)['compile_s'] for impl in impls}
+        print(f'{name:22s} {size:4d} ' + ' '.join(f'{seconds[i]:17.1f}s' for i in impls), flush=True)
+        row = dict(model=name, image_size=size, batch_size=args.batch_size, compile_s=seconds)
+        print('JSON ' + json.dumps(row), flush=True)
+        rows.append(row)
+    return rows
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--models', default=','.join(mj.list_models()))
@@ -129,7 +149,11 @@ def main(argv=None):
     parser.add_argument('--repeats', type=int, default=5)
     parser.add_argument('--no_torch', action='store_true')
     parser.add_argument('--torch_layouts', default='nchw,channels_last')
+    parser.add_argument('--compile_only', action='store_true',
+                        help='only compile each train step and report the compile seconds per --impls entry')
     args = parser.parse_args(argv)
+    if args.compile_only:
+        return compile_times(args)
 
     try:
         if args.no_torch:

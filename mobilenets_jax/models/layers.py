@@ -140,6 +140,36 @@ def im2col_conv(x, kernel, padding):
     return jnp.einsum('nhwk,kd->nhwd', patches, kernel.reshape(kh * kw * cin, cout))
 
 
+@jax.custom_vjp
+def _dense_pointwise(x, w):
+    """x (..., cin) @ w (cin, cout), with a backward pass written as two plain 2-D matmuls.
+
+    Autodiff of the einsum gives a weight gradient contracting the 4-D activations over
+    (n, h, w); XLA:CPU then lays the output gradient out channel-major and fuses that transposed
+    write into the BatchNorm backward before it, a slow strided pass (95 ms of a 1.6 s
+    MobileNetV1-224 batch-16 train step for the first block alone). Flattened to (n·h·w, c) the
+    weight gradient is one xᵀ·dy GEMM and no transposed copy is made: the whole step measured
+    1.63 → 1.34 s.
+    """
+    return jnp.einsum('...c,cd->...d', x, w)
+
+
+def _dense_pointwise_fwd(x, w):
+    return _dense_pointwise(x, w), (x, w)
+
+
+def _dense_pointwise_bwd(residuals, dy):
+    x, w = residuals
+    x2 = x.reshape(-1, x.shape[-1])
+    dy2 = dy.reshape(-1, dy.shape[-1])
+    dx = (dy2 @ w.T).reshape(x.shape)
+    dw = x2.T @ dy2
+    return dx.astype(x.dtype), dw.astype(w.dtype)
+
+
+_dense_pointwise.defvjp(_dense_pointwise_fwd, _dense_pointwise_bwd)
+
+
 def pointwise_conv(x, kernel, strides: int = 1, groups: int = 1, bias=None):
     """A 1×1 convolution (kernel (1, 1, cin/groups, cout)) as a matrix product.
 
@@ -153,7 +183,7 @@ def pointwise_conv(x, kernel, strides: int = 1, groups: int = 1, bias=None):
         x = x[:, ::strides, ::strides, :]
     w = kernel[0, 0]                                   # (cin/groups, cout)
     if groups == 1:
-        y = jnp.einsum('nhwc,cd->nhwd', x, w)
+        y = _dense_pointwise(x, w)
     else:
         *lead, cin = x.shape
         cout = w.shape[-1]
