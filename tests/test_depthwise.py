@@ -54,13 +54,9 @@ def _all_cases(impl_fn, xs, kernels, cotangents):
     return results
 
 
-@pytest.mark.parametrize('impl', IMPLS + ['shifted:w_reduced_kernel_grad'])
+@pytest.mark.parametrize('impl', IMPLS)
 @pytest.mark.parametrize('dtype,tol', [(jnp.float32, F32_TOL), (jnp.bfloat16, BF16_TOL)], ids=['f32', 'bf16'])
-def test_depthwise_equals_lax(impl, dtype, tol, monkeypatch):
-    if impl == 'shifted:w_reduced_kernel_grad':
-        # Large maps reduce the kernel gradient over w first; force that form on these small ones.
-        monkeypatch.setattr(layers, '_KERNEL_GRAD_SPATIAL_REDUCE_MAX', 0)
-        impl = 'shifted'
+def test_depthwise_equals_lax(impl, dtype, tol):
     rng = np.random.default_rng(0)
     xs, kernels, cotangents = [], [], []
     for (height, width), k, strides, style in CASES:

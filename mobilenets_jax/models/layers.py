@@ -285,19 +285,14 @@ def _materialized_pad(x, pads, value=0):
     return jax.lax.optimization_barrier(jax.lax.pad(x, jnp.asarray(value, x.dtype), pads))
 
 
-# Output maps of at most this many positions reduce their kernel gradient over (h, w) in one go;
-# larger ones over w first (see `_depthwise_kernel_grad`).
-_KERNEL_GRAD_SPATIAL_REDUCE_MAX = 1024
-
-
 def _depthwise_kernel_grad(xp, dy, kernel_hw: tuple, strides: int):
     """dk[i, j, 0, c] = sum_{n,h,w} xp[n, i + s h, j + s w, c] · dy[n, h, w, c], accumulated in f32.
 
     Written as k² separate `sum(tap * dy)`, XLA:CPU materializes every shifted tap before reducing
     it (k² extra passes over the activation). Here all k² products are the operands of one variadic
-    reduction, which reads each tap straight from `xp` in a single loop and leaves small partial
-    sums. Which axes that loop reduces matters: over (h, w) for maps up to 32×32, over w alone for
-    larger ones. Measured (2-core Xeon, f32, one 3×3 layer, ms):
+    reduction over w, which reads each tap straight from `xp` in a single loop and leaves k² small
+    (n, h, c) partial sums. Which axes that loop reduces matters; measured on the 2-core Xeon (f32,
+    one 3×3 layer alone, ms):
 
         dy shape (stride)      k² sums   one reduce over n   over (h, w)   over w
         64×32×32×32 (1)           40            13               5.4         6.5
@@ -305,15 +300,18 @@ def _depthwise_kernel_grad(xp, dy, kernel_hw: tuple, strides: int):
         16×112×112×32 (1)         118           40               60          24
         16×56×56×128 (1)          108           65               72          25
         16×14×14×512 (1)          26            14               6.5         11
+
+    Inside whole train steps, where the reduction also fuses the BatchNorm backward that makes dy,
+    reducing over w was the faster choice at every map size: the 13 kernel gradients of a
+    MobileNetV1-224 batch-16 step took 132 ms over w against 174 ms with (h, w) for maps up to 32×32.
     """
     acc = _accumulation_dtype(dy.dtype)
     dy_acc = dy.astype(acc)
     out_h, out_w = dy.shape[1:3]
     products = tuple(tap.astype(acc) * dy_acc for _, tap in _taps(xp, kernel_hw, strides, (out_h, out_w)))
-    axes = (1, 2) if out_h * out_w <= _KERNEL_GRAD_SPATIAL_REDUCE_MAX else (2,)
     zero = jnp.zeros((), acc)
     partial = jax.lax.reduce(products, (zero,) * len(products),
-                             lambda a, b: tuple(u + v for u, v in zip(a, b)), axes)
+                             lambda a, b: tuple(u + v for u, v in zip(a, b)), (2,))
     sums = [p.reshape(-1, p.shape[-1]).sum(axis=0) for p in partial]
     return jnp.stack(sums).reshape(kernel_hw[0], kernel_hw[1], 1, dy.shape[3])
 
