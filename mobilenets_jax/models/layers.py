@@ -82,10 +82,11 @@ def conv_padding(kernel_size: int, padding_style: str):
     raise ValueError(f'unknown padding_style {padding_style!r}; allowed: {list(PADDING_STYLES)}')
 
 
-# im2col (k² shifted copies side by side, then one matmul) beats XLA:CPU's convolution for a stride-1
-# k×k convolution over at most this many input channels (the CIFAR stems: 3 channels). Measured on
-# the 2-core Xeon, 64×32×32×3 → 32: forward 17.2 → 3.0 ms, kernel gradient 6.6 → 4.8 ms. At stride 2
-# (the ImageNet stems) and over wide inputs (64×16×16×64) the convolution was as fast or faster.
+# A k×k convolution over at most this many input channels (the stems: RGB) runs its forward pass as
+# im2col (k² shifted copies side by side, then one matmul), which XLA:CPU's convolution is slow at.
+# Measured on the 2-core Xeon, forward: 64×32×32×3 → 32 stride 1 17.2 → 3.0 ms; 16×224×224×3 → 24
+# stride 2 91 → 33 ms; → 32 stride 2 39 → 37 ms. The kernel gradient stays XLA's (27 vs 39 ms for
+# im2col at 224 → 24), see `_im2col_conv`.
 _IM2COL_MAX_INPUT_CHANNELS = 4
 
 
@@ -95,8 +96,8 @@ class _ConvKernel(nn.Module):
     Declaring `kernel` (k, k, cin/groups, cout) and `bias` here keeps the parameter tree
     `<name>/conv/{kernel,bias}` that `nn.Conv(name='conv')` would create (and its initial values),
     so checkpoints and parameter counts do not depend on how the convolution is computed:
-    1×1 as a matmul (`pointwise_conv`), stride-1 k×k over few channels as im2col + matmul, anything
-    else as `lax.conv_general_dilated`.
+    1×1 as a matmul (`pointwise_conv`), k×k over few input channels as im2col + matmul (`_im2col_conv`),
+    anything else as `lax.conv_general_dilated`.
     """
     features: int
     kernel_size: int = 1
@@ -121,23 +122,45 @@ class _ConvKernel(nn.Module):
         x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
         if k == 1:
             return pointwise_conv(x, kernel, self.strides, self.groups, bias)
-        if self.strides == 1 and self.groups == 1 and in_channels <= _IM2COL_MAX_INPUT_CHANNELS:
-            y = im2col_conv(x, kernel, self.padding)
+        if self.groups == 1 and in_channels <= _IM2COL_MAX_INPUT_CHANNELS:
+            pads = explicit_padding(x.shape[1], x.shape[2], (k, k), self.strides, self.padding)
+            y = _im2col_conv(x, kernel, self.strides, pads)
         else:
-            y = jax.lax.conv_general_dilated(x, kernel, (self.strides, self.strides), self.padding,
-                                             dimension_numbers=('NHWC', 'HWIO', 'NHWC'),
-                                             feature_group_count=self.groups)
+            y = _lax_conv(x, kernel, self.strides, self.padding, self.groups)
         return y if bias is None else y + bias
 
 
-def im2col_conv(x, kernel, padding):
-    """A stride-1 k×k convolution as one matmul over the k²·cin patch vectors (ordered as the kernel)."""
+def _lax_conv(x, kernel, strides: int, padding, groups: int = 1):
+    return jax.lax.conv_general_dilated(x, kernel, (strides, strides), padding,
+                                        dimension_numbers=('NHWC', 'HWIO', 'NHWC'), feature_group_count=groups)
+
+
+def im2col_conv(x, kernel, strides: int, pads: tuple):
+    """A k×k convolution as one matmul over the k²·cin patch vectors (ordered as the kernel's rows)."""
     kh, kw, cin, cout = kernel.shape
-    pads = explicit_padding(x.shape[1], x.shape[2], (kh, kw), 1, padding)
     xp = jnp.pad(x, ((0, 0), pads[0], pads[1], (0, 0)))
-    out_hw = (_out_size(x.shape[1], pads[0], kh, 1), _out_size(x.shape[2], pads[1], kw, 1))
-    patches = jnp.concatenate([tap for _, tap in _taps(xp, (kh, kw), 1, out_hw)], axis=-1)
+    out_hw = (_out_size(x.shape[1], pads[0], kh, strides), _out_size(x.shape[2], pads[1], kw, strides))
+    patches = jnp.concatenate([tap for _, tap in _taps(xp, (kh, kw), strides, out_hw)], axis=-1)
     return jnp.einsum('nhwk,kd->nhwd', patches, kernel.reshape(kh * kw * cin, cout))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def _im2col_conv(x, kernel, strides: int, pads: tuple):
+    """im2col forward; gradients from XLA's convolution, whose kernel gradient is the faster one here."""
+    return im2col_conv(x, kernel, strides, pads)
+
+
+def _im2col_conv_fwd(x, kernel, strides, pads):
+    return im2col_conv(x, kernel, strides, pads), (x, kernel)
+
+
+def _im2col_conv_bwd(strides, pads, residuals, dy):
+    x, kernel = residuals
+    _, vjp = jax.vjp(lambda a, b: _lax_conv(a, b, strides, pads), x, kernel)
+    return vjp(dy)
+
+
+_im2col_conv.defvjp(_im2col_conv_fwd, _im2col_conv_bwd)
 
 
 @jax.custom_vjp
@@ -200,7 +223,7 @@ class Conv2D(nn.Module):
 
     Parameters always live at `<name>/conv/kernel` (k, k, cin/groups, cout) and `<name>/conv/bias`,
     as `nn.Conv(name='conv')` creates them; `_ConvKernel` picks the fastest form (matmul for 1×1,
-    im2col for stride-1 convolutions over few channels, `lax` otherwise) with the same numbers.
+    im2col for convolutions over few input channels, `lax` otherwise) with the same numbers.
     """
     features: int
     kernel_size: int = 1
