@@ -512,10 +512,52 @@ class DepthwiseConv2D(nn.Module):
         return y
 
 
+class BatchNorm(nn.Module):
+    """BatchNorm over the last axis with `nn.BatchNorm`'s parameters, statistics and update rule.
+
+    Same variables (params `scale`, `bias`; batch_stats `mean`, `var`), the same fast variance
+    E[x²] − E[x]² in float32, the same running-average update (not while initializing) and the same
+    `axis_name` averaging of the batch statistics across devices. The difference is the form of the
+    normalization: y = x·a + (bias − mean·a) with a = scale/sqrt(var + ε), per channel, instead of
+    (x − mean)·a + bias. Under autodiff, the latter makes XLA:CPU write x − mean out as a second full
+    activation for the backward pass (218 ms of a 1.3 s MobileNetV2-224 batch-16 train step); here
+    the backward needs only x, which the convolution has already written.
+    """
+    use_running_average: bool = False
+    momentum: float = 0.99          # nn.BatchNorm's defaults; the zoo passes TF's via `batch_norm`
+    epsilon: float = 1e-5
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+    axis_name: Optional[str] = None
+
+    @nn.compact
+    def __call__(self, x):
+        features = x.shape[-1]
+        ra_mean = self.variable('batch_stats', 'mean', lambda s: jnp.zeros(s, jnp.float32), (features,))
+        ra_var = self.variable('batch_stats', 'var', lambda s: jnp.ones(s, jnp.float32), (features,))
+        scale = self.param('scale', nn.initializers.ones, (features,), self.param_dtype)
+        bias = self.param('bias', nn.initializers.zeros, (features,), self.param_dtype)
+        if self.use_running_average:
+            mean, var = ra_mean.value, ra_var.value
+        else:
+            x32 = x.astype(jnp.float32)
+            axes = tuple(range(x.ndim - 1))
+            mean, mean_of_squares = jnp.mean(x32, axes), jnp.mean(x32 * x32, axes)
+            if self.axis_name is not None and not self.is_initializing():
+                mean, mean_of_squares = jax.lax.pmean((mean, mean_of_squares), self.axis_name)
+            var = jnp.maximum(mean_of_squares - mean * mean, 0.0)
+            if not self.is_initializing():
+                ra_mean.value = self.momentum * ra_mean.value + (1.0 - self.momentum) * mean
+                ra_var.value = self.momentum * ra_var.value + (1.0 - self.momentum) * var
+        gain = scale.astype(jnp.float32) * jax.lax.rsqrt(var + self.epsilon)
+        shift = bias.astype(jnp.float32) - mean * gain
+        return (x * gain.astype(self.dtype) + shift.astype(self.dtype)).astype(self.dtype)
+
+
 def batch_norm(train: bool, *, momentum: float, epsilon: float, dtype: Dtype, param_dtype: Dtype,
                axis_name: Optional[str]):
     """BatchNorm factory fixed once per model (TF defaults: momentum 0.99/0.999, epsilon 1e-3)."""
-    return functools.partial(nn.BatchNorm, use_running_average=not train, momentum=momentum, epsilon=epsilon,
+    return functools.partial(BatchNorm, use_running_average=not train, momentum=momentum, epsilon=epsilon,
                              dtype=dtype, param_dtype=param_dtype, axis_name=axis_name)
 
 
