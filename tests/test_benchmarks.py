@@ -17,3 +17,9 @@ def test_compile_only_reports_each_impl():
                             '--impls=xla,shifted', '--compile_only', '--no_torch'])
     assert set(rows[0]['compile_s']) == {'xla', 'shifted'}
     assert all(seconds > 0 for seconds in rows[0]['compile_s'].values())
+
+
+def test_input_pipeline_benchmark_runs_the_training_transform():
+    from benchmarks import input_pipeline
+    result = input_pipeline.main(['--image_size=32', '--batch_size=2', '--batches=2', '--num_images=2'])
+    assert result['train'] > 0 and result['eval'] > 0 and result['jpeg_kib'] > 1
