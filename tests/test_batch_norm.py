@@ -53,3 +53,11 @@ def test_batch_norm_axis_name_averages_statistics_like_flax():
     # Synchronised: every device normalizes with the same statistics, which differ from its own.
     stats = outputs['ours'][1]['batch_stats']['mean']
     np.testing.assert_allclose(stats[0], stats[3], rtol=1e-6)
+
+
+def test_batch_norm_factory_forms():
+    common = dict(momentum=0.9, epsilon=1e-3, dtype=jnp.float32, param_dtype=jnp.float32, axis_name=None)
+    assert layers.batch_norm(True, form='folded', **common).func is layers.BatchNorm
+    assert layers.batch_norm(True, form='centered', **common).func is nn.BatchNorm
+    with pytest.raises(ValueError, match="form 'fused'"):
+        layers.batch_norm(True, form='fused', **common)

@@ -343,6 +343,13 @@ def _depthwise_kernel_grad(xp, dy, kernel_hw: tuple, strides: int):
     return jnp.stack(sums).reshape(kernel_hw[0], kernel_hw[1], 1, dy.shape[3])
 
 
+# Strided depthwise layers with at least this many input positions (56×56) take their input gradient
+# by output phase. Whole train steps (2-core Xeon, alternating runs): MobileNetV1-224 batch 16
+# 1.34/1.30 → 1.23/1.21 s with it; the CIFAR MobileNet v2 (32×32 and smaller) 140–165 → 192 ms
+# with it, hence the autodiff form below this size.
+_POLYPHASE_MIN_INPUT_SIZE = 56 * 56
+
+
 def _strided_depthwise_input_grad(dy, kernel, strides: int, pads: tuple, input_hw: tuple):
     """The input gradient of a strided depthwise convolution, one output phase at a time.
 
@@ -400,7 +407,8 @@ def _shifted_depthwise_vjp_bwd(strides, pads, residuals, dy):
     Input gradient at stride 1: dy padded once (the pad also applies the forward padding's crop) and
     correlated with the flipped kernel — again k² shifted multiply-adds, one fused loop, where
     autodiff builds k² padded copies of dy and adds them (measured ~1.7× slower at 112×112×32,
-    batch 32). With a stride: `_strided_depthwise_input_grad`. Kernel gradient: `_depthwise_kernel_grad`.
+    batch 32). With a stride, on large maps: `_strided_depthwise_input_grad`; on small ones autodiff of
+    the strided forward. Kernel gradient: `_depthwise_kernel_grad`.
     """
     xp, kernel = residuals
     kh, kw = kernel.shape[0], kernel.shape[1]
@@ -414,8 +422,11 @@ def _shifted_depthwise_vjp_bwd(strides, pads, residuals, dy):
         dyp = _materialized_pad(dy, ((0, 0, 0), (lo_h, height - out_h + pads[0][0], 0),
                                      (lo_w, width - out_w + pads[1][0], 0), (0, 0, 0)))
         dx = _tap_sum(dyp, kernel, 1, (height, width), flip=True)
-    else:
+    elif height * width >= _POLYPHASE_MIN_INPUT_SIZE:
         dx = _strided_depthwise_input_grad(dy, kernel, strides, pads, (height, width))
+    else:
+        x = xp[:, pads[0][0]:pads[0][0] + height, pads[1][0]:pads[1][0] + width, :]
+        dx = jax.vjp(lambda x_: _shifted_depthwise_forward(x_, kernel, strides, pads), x)[1](dy)[0]
     dkernel = _depthwise_kernel_grad(xp, dy, (kh, kw), strides).astype(kernel.dtype)
     return dx, dkernel
 
@@ -512,16 +523,24 @@ class DepthwiseConv2D(nn.Module):
         return y
 
 
+BATCH_NORM_FORMS = ('folded', 'centered')
+
+
 class BatchNorm(nn.Module):
     """BatchNorm over the last axis with `nn.BatchNorm`'s parameters, statistics and update rule.
 
     Same variables (params `scale`, `bias`; batch_stats `mean`, `var`), the same fast variance
     E[x²] − E[x]² in float32, the same running-average update (not while initializing) and the same
     `axis_name` averaging of the batch statistics across devices. The difference is the form of the
-    normalization: y = x·a + (bias − mean·a) with a = scale/sqrt(var + ε), per channel, instead of
-    (x − mean)·a + bias. Under autodiff, the latter makes XLA:CPU write x − mean out as a second full
-    activation for the backward pass (218 ms of a 1.3 s MobileNetV2-224 batch-16 train step); here
-    the backward needs only x, which the convolution has already written.
+    normalization: y = x·a + (bias − mean·a) with a = scale/sqrt(var + ε), per channel, where nn.BatchNorm
+    computes (x − mean)·a + bias. Under autodiff the latter makes XLA:CPU write x − mean out as a second
+    full activation for the backward pass (218 ms of a 1.3 s MobileNetV2-224 batch-16 train step);
+    folded, the backward needs only x, which the convolution has already written. Which module XLA:CPU
+    runs faster depends on the network (alternating whole-step runs, 2-core Xeon): this one for
+    MobileNetV2-224 (0.96/1.13 s vs 1.40/1.23 s) and V3-Small (252/278 vs 307/330 ms), nn.BatchNorm for
+    the CIFAR MobileNets, with dropout in every block (v1 815 vs 454 ms, v2 249 vs 161 ms; the cause
+    is in XLA's fusion of their backward pass and was not found). Each family picks one
+    (`ZooModel.batch_norm_form`: 'folded' for this module, 'centered' for nn.BatchNorm).
     """
     use_running_average: bool = False
     momentum: float = 0.99          # nn.BatchNorm's defaults; the zoo passes TF's via `batch_norm`
@@ -542,7 +561,7 @@ class BatchNorm(nn.Module):
         else:
             x32 = x.astype(jnp.float32)
             axes = tuple(range(x.ndim - 1))
-            mean, mean_of_squares = jnp.mean(x32, axes), jnp.mean(x32 * x32, axes)
+            mean, mean_of_squares = jnp.mean(x32, axes), jnp.mean(jax.lax.square(x32), axes)
             if self.axis_name is not None and not self.is_initializing():
                 mean, mean_of_squares = jax.lax.pmean((mean, mean_of_squares), self.axis_name)
             var = jnp.maximum(mean_of_squares - mean * mean, 0.0)
@@ -555,9 +574,15 @@ class BatchNorm(nn.Module):
 
 
 def batch_norm(train: bool, *, momentum: float, epsilon: float, dtype: Dtype, param_dtype: Dtype,
-               axis_name: Optional[str]):
-    """BatchNorm factory fixed once per model (TF defaults: momentum 0.99/0.999, epsilon 1e-3)."""
-    return functools.partial(BatchNorm, use_running_average=not train, momentum=momentum, epsilon=epsilon,
+               axis_name: Optional[str], form: str = 'folded'):
+    """BatchNorm factory fixed once per model (TF defaults: momentum 0.99/0.999, epsilon 1e-3).
+
+    `form` 'folded' is `BatchNorm`, 'centered' flax's nn.BatchNorm: the same variables and numbers.
+    """
+    if form not in BATCH_NORM_FORMS:
+        raise ValueError(f'unknown batch_norm form {form!r}; allowed: {list(BATCH_NORM_FORMS)}')
+    module = BatchNorm if form == 'folded' else nn.BatchNorm
+    return functools.partial(module, use_running_average=not train, momentum=momentum, epsilon=epsilon,
                              dtype=dtype, param_dtype=param_dtype, axis_name=axis_name)
 
 

@@ -99,6 +99,7 @@ class CifarMobileNet(ZooModel):
     blocks: tuple = CIFAR_MOBILENET_V1_BLOCKS
     dropout_rate: float = 0.2
     min_input_size: ClassVar[int] = 8  # three stride-2 blocks
+    batch_norm_form: ClassVar[str] = 'centered'  # nn.BatchNorm: 1.6–1.8× faster steps here (`layers.BatchNorm`)
 
     @nn.compact
     def __call__(self, x, train: bool = False):
