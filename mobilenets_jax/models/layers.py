@@ -485,19 +485,20 @@ class DepthwiseConv2D(nn.Module):
     All own the same parameters (`kernel`, optional `bias`) and give the same numbers, so checkpoints
     are interchangeable.
 
-    Measured on the 2-core Xeon CPU of this project's sandbox (JAX 0.10.2, float32, other jobs running,
-    medians of 5; forward / forward+backward ms for one 3×3 layer):
+    Measured on the 2-core Xeon CPU of this project's sandbox (JAX 0.10.2, float32, idle, medians of 5;
+    forward / forward+backward ms for one 3×3 layer; `python benchmarks/depthwise_layer.py`):
 
-        input (stride)          xla          shifted     shifted_autodiff
-        32×112×112×32 (1)   1438 / 2239    122 / 634      117 / 1092
-        32×112×112×64 (2)    415 / 6692    137 / 627      112 / 601
-        32×28×28×256 (1)     341 / 2555     15 / 354       12 / 297
-        128×16×16×256 (2)    131 / 2237     14 / 169       24 / 144
-        32×14×14×512 (1)     190 / 1182     10 / 206        8 / 196
+        input (stride)          xla           shifted    shifted_autodiff
+        32×112×112×32 (1)    738 / 1241       49 / 70        51 / 238
+        32×112×112×64 (2)    533 / 2229       51 / 115       55 / 170
+        32×28×28×256 (1)     409 / 1055       10 / 25         7 / 103
+        128×16×16×256 (2)    123 / 1060        6 / 10         8 / 44
+        32×14×14×512 (1)     196 / 652         5 / 7          6 / 63
+        64×32×32×32 (1)      135 / 187         2 / 9          3 / 36
 
-    The shifted forms are 5–40× faster than XLA:CPU's grouped convolution in both directions. Most of
-    their backward time is the kernel gradient (k² reductions over batch and space, the same in both).
-    No GPU was available to this measurement; 'auto' keeps 'xla' there (cuDNN has depthwise kernels).
+    The shifted form is 10–100× faster than XLA:CPU's grouped convolution; its hand-written backward
+    pass is 2–9× faster than autodiff of the same forward. No GPU was available to this measurement;
+    'auto' keeps 'xla' there (cuDNN has depthwise kernels).
     """
     kernel_size: int = 3
     strides: int = 1
