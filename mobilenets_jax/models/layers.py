@@ -289,17 +289,19 @@ def _out_size(size: int, pads: tuple, k: int, strides: int) -> int:
     return (size + pads[0] + pads[1] - k) // strides + 1
 
 
-def _shifted_depthwise_forward(x, kernel, strides: int, pads: tuple):
+def _shifted_depthwise_forward(x, kernel, strides: int, pads: tuple, materialize_pad: bool = False):
+    """Returns (the k² shifted multiply-adds over padded x, padded x); see `_materialized_pad`."""
     kh, kw = kernel.shape[0], kernel.shape[1]
     out_hw = (_out_size(x.shape[1], pads[0], kh, strides), _out_size(x.shape[2], pads[1], kw, strides))
-    xp = jnp.pad(x, ((0, 0), pads[0], pads[1], (0, 0)))
-    return _tap_sum(xp, kernel, strides, out_hw)
+    lax_pads = ((0, 0, 0), (*pads[0], 0), (*pads[1], 0), (0, 0, 0))
+    xp = _materialized_pad(x, lax_pads) if materialize_pad else jax.lax.pad(x, jnp.zeros((), x.dtype), lax_pads)
+    return _tap_sum(xp, kernel, strides, out_hw), xp
 
 
 def _shifted_depthwise_autodiff(x, kernel, strides: int, padding):
     """Depthwise conv as k*k shifted multiply-adds, differentiated by plain autodiff (reference form)."""
     pads = explicit_padding(x.shape[1], x.shape[2], kernel.shape[:2], strides, padding)
-    return _shifted_depthwise_forward(x, kernel, strides, pads)
+    return _shifted_depthwise_forward(x, kernel, strides, pads)[0]
 
 
 def _materialized_pad(x, pads, value=0):
@@ -394,11 +396,9 @@ def _shifted_depthwise_vjp(x, kernel, strides: int, pads: tuple):
 
 
 def _shifted_depthwise_vjp_fwd(x, kernel, strides, pads):
-    kh, kw = kernel.shape[0], kernel.shape[1]
-    out_hw = (_out_size(x.shape[1], pads[0], kh, strides), _out_size(x.shape[2], pads[1], kw, strides))
-    xp = _materialized_pad(x, ((0, 0, 0), (*pads[0], 0), (*pads[1], 0), (0, 0, 0)))
+    y, xp = _shifted_depthwise_forward(x, kernel, strides, pads, materialize_pad=True)
     # The padded input is kept for the kernel gradient (instead of x, which would be padded again).
-    return _tap_sum(xp, kernel, strides, out_hw), (xp, kernel)
+    return y, (xp, kernel)
 
 
 def _shifted_depthwise_vjp_bwd(strides, pads, residuals, dy):
@@ -426,7 +426,7 @@ def _shifted_depthwise_vjp_bwd(strides, pads, residuals, dy):
         dx = _strided_depthwise_input_grad(dy, kernel, strides, pads, (height, width))
     else:
         x = xp[:, pads[0][0]:pads[0][0] + height, pads[1][0]:pads[1][0] + width, :]
-        dx = jax.vjp(lambda x_: _shifted_depthwise_forward(x_, kernel, strides, pads), x)[1](dy)[0]
+        dx = jax.vjp(lambda x_: _shifted_depthwise_forward(x_, kernel, strides, pads)[0], x)[1](dy)[0]
     dkernel = _depthwise_kernel_grad(xp, dy, (kh, kw), strides).astype(kernel.dtype)
     return dx, dkernel
 
@@ -447,9 +447,7 @@ def _shifted_depthwise(x, kernel, strides: int, padding):
 
 
 def _xla_depthwise(x, kernel, strides: int, padding):
-    return jax.lax.conv_general_dilated(
-        x, kernel, (strides, strides), padding,
-        dimension_numbers=('NHWC', 'HWIO', 'NHWC'), feature_group_count=x.shape[-1])
+    return _lax_conv(x, kernel, strides, padding, groups=x.shape[-1])
 
 
 _DEPTHWISE_FNS = {
