@@ -4,6 +4,7 @@ Every check here runs before anything is compiled.
 """
 from __future__ import annotations
 
+import jax.numpy as jnp
 import ml_collections
 
 from mobilenets_jax.models import registry
@@ -22,10 +23,13 @@ def model_kwargs(config: ml_collections.ConfigDict, num_classes: int) -> dict:
     """Keyword arguments of `create_model` from `config.model`."""
     model = config.model
     options = dict(model.options) if 'options' in model else {}
+    # bfloat16 compute (float32 master weights) when the config asks for half precision.
+    dtype = jnp.bfloat16 if config.get('half_precision', False) else jnp.float32
     return dict(
         num_classes=num_classes, alpha=model.alpha, groups=model.get('groups'),
         dropout_rate=model.get('dropout_rate'), padding_style=model.get('padding_style', 'same'),
-        depthwise_impl=model.get('depthwise_impl', 'auto'), bn_momentum=model.get('bn_momentum'), **options)
+        depthwise_impl=model.get('depthwise_impl', 'auto'), bn_momentum=model.get('bn_momentum'), dtype=dtype,
+        **options)
 
 
 def create_model(config: ml_collections.ConfigDict, *, num_classes: int | None = None, **overrides):

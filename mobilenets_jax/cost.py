@@ -369,10 +369,6 @@ def all_configs(num_classes: Optional[int] = None, *, include_cifar: bool = Fals
             for groups in group_values:
                 for resolution in spec.published_resolutions:
                     configs.append(make_config(name, alpha, groups, resolution, num_classes))
-    for name, alpha, groups, resolution in published.PUBLISHED_MACS:   # make sure no published point is missed
-        config = make_config(name, alpha, groups, resolution, num_classes)
-        if config not in configs:
-            configs.append(config)
     return configs
 
 
@@ -395,14 +391,9 @@ def from_training_config(config, num_classes: Optional[int] = None) -> tuple[Con
     alpha, groups = kwargs.pop('alpha'), kwargs.pop('groups')
     kwargs.pop('num_classes')
     result = make_config(config.model.name, alpha, groups, config_lib.image_size(config), num_classes)
-    learning_rate_fn = optim.learning_rate_schedule(
-        base_learning_rate=config.learning_rate, steps_per_epoch=1000, num_epochs=config.num_epochs,
-        warmup_epochs=config.warmup_epochs, schedule=config.schedule, decay_rate=config.lr_decay_rate,
-        decay_epochs=config.lr_decay_epochs)
-    tx = optim.create_optimizer(
-        learning_rate_fn=learning_rate_fn, weight_decay=config.weight_decay, optimizer=config.optimizer,
-        rmsprop_decay=config.rmsprop_decay, momentum=config.momentum, epsilon=config.epsilon,
-        grad_clip_norm=config.grad_clip_norm or None)
+    _, tx = optim.optimizer_from_config(config, steps_per_epoch=1000, num_epochs=config.num_epochs,
+                                        warmup_epochs=config.warmup_epochs,
+                                        base_learning_rate=config.learning_rate)
     options = dict(model_kwargs={k: v for k, v in kwargs.items() if v is not None}, optimizer=tx,
                    label_smoothing=float(config.label_smoothing))
     return result, options
@@ -437,10 +428,8 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, num_clas
         def loss_fn(p):
             logits, updates = model.apply({'params': p, 'batch_stats': batch_stats}, images, train=True,
                                           mutable=['batch_stats'], rngs={'dropout': dropout_key})
-            targets = jax.nn.one_hot(labels, num_classes)
-            if label_smoothing:
-                targets = optax.smooth_labels(targets, label_smoothing)
-            return jnp.mean(optax.softmax_cross_entropy(logits, targets)), updates.get('batch_stats', {})
+            loss = optim.cross_entropy(logits, labels, num_classes, label_smoothing)
+            return jnp.mean(loss), updates.get('batch_stats', {})
 
         (loss, new_batch_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
         updates, opt_state = tx.update(grads, opt_state, params)

@@ -348,7 +348,7 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str, *, step
 
         from mobilenets_jax.data import input_pipeline  # TensorFlow: imported once past the cheap checks
         info = input_pipeline.get_dataset_info(config.dataset)
-        model = config_lib.create_model(config, dtype=jnp.bfloat16 if config.half_precision else jnp.float32)
+        model = config_lib.create_model(config)
         size = config_lib.image_size(config)
         expected = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, size, size, 3)),
                                                      train=False))

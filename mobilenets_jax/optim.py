@@ -343,3 +343,25 @@ def ema_decay_with_warmup(step: Any, decay: Any) -> jax.Array:
     decay = jnp.asarray(decay, dtype=jnp.float32)
     warm = jnp.minimum(decay, (1.0 + step) / (10.0 + step))
     return jnp.where(decay <= 0, jnp.zeros_like(warm), warm)
+
+
+def optimizer_from_config(config, *, steps_per_epoch: int, num_epochs: float, warmup_epochs: float,
+                          base_learning_rate: float):
+    """(learning-rate schedule, optimizer) from a training config's fields; one place for train and cost."""
+    learning_rate_fn = learning_rate_schedule(
+        base_learning_rate=base_learning_rate, steps_per_epoch=steps_per_epoch, num_epochs=num_epochs,
+        warmup_epochs=warmup_epochs, schedule=config.schedule, decay_rate=config.lr_decay_rate,
+        decay_epochs=config.lr_decay_epochs)
+    tx = create_optimizer(
+        learning_rate_fn=learning_rate_fn, weight_decay=config.weight_decay, optimizer=config.optimizer,
+        rmsprop_decay=config.rmsprop_decay, momentum=config.momentum, epsilon=config.epsilon,
+        grad_clip_norm=config.grad_clip_norm or None)
+    return learning_rate_fn, tx
+
+
+def cross_entropy(logits, labels, num_classes: int, label_smoothing: float = 0.0):
+    """Per-example softmax cross-entropy against one-hot labels, optionally label-smoothed."""
+    targets = jax.nn.one_hot(labels, num_classes)
+    if label_smoothing:
+        targets = optax.smooth_labels(targets, label_smoothing)
+    return optax.softmax_cross_entropy(logits, targets)

@@ -116,9 +116,7 @@ class Setup:
 def create_setup(config: ml_collections.ConfigDict, num_train_examples: int) -> Setup:
     from mobilenets_jax.data import input_pipeline
     info = input_pipeline.get_dataset_info(config.dataset)
-    model = config_lib.create_model(
-        config, dtype=jnp.bfloat16 if config.half_precision else jnp.float32,
-        bn_axis_name=BATCH_AXIS if config.sync_batch_stats else None)
+    model = config_lib.create_model(config, bn_axis_name=BATCH_AXIS if config.sync_batch_stats else None)
     steps_per_epoch = max(1, num_train_examples // config.batch_size)
     if config.num_train_steps > 0:
         total_steps = int(config.num_train_steps)
@@ -131,14 +129,9 @@ def create_setup(config: ml_collections.ConfigDict, num_train_examples: int) -> 
         warmup_epochs = total_epochs / 2
         logging.warning('config.warmup_epochs=%s is not shorter than the run (%.3g epochs); warming up over %.3g '
                         'epochs instead.', config.warmup_epochs, total_epochs, warmup_epochs)
-    learning_rate_fn = optim.learning_rate_schedule(
-        base_learning_rate=base_lr, steps_per_epoch=steps_per_epoch,
-        num_epochs=total_epochs, warmup_epochs=warmup_epochs,
-        schedule=config.schedule, decay_rate=config.lr_decay_rate, decay_epochs=config.lr_decay_epochs)
-    tx = optim.create_optimizer(
-        learning_rate_fn=learning_rate_fn, weight_decay=config.weight_decay, optimizer=config.optimizer,
-        rmsprop_decay=config.rmsprop_decay, momentum=config.momentum, epsilon=config.epsilon,
-        grad_clip_norm=config.grad_clip_norm or None)
+    learning_rate_fn, tx = optim.optimizer_from_config(config, steps_per_epoch=steps_per_epoch,
+                                                       num_epochs=total_epochs, warmup_epochs=warmup_epochs,
+                                                       base_learning_rate=base_lr)
     return Setup(model, tx, learning_rate_fn, config_lib.image_size(config), info.num_classes, steps_per_epoch,
                  total_steps, num_train_examples)
 
@@ -167,12 +160,6 @@ def initial_state(setup: Setup, config: ml_collections.ConfigDict, mesh: Mesh) -
 # The per-device steps
 # ----------------------------------------------------------------------------------------------
 
-def cross_entropy(logits, labels, num_classes: int, label_smoothing: float = 0.0):
-    targets = optax.smooth_labels(jax.nn.one_hot(labels, num_classes), label_smoothing) \
-        if label_smoothing else jax.nn.one_hot(labels, num_classes)
-    return optax.softmax_cross_entropy(logits, targets)
-
-
 def top_k_correct(logits, labels, k: int):
     """1.0 where the label is among the k largest logits."""
     k = min(k, logits.shape[-1])
@@ -189,7 +176,7 @@ def train_step(state: dict, batch: dict, *, setup: Setup, label_smoothing: float
     def loss_fn(params):
         logits, updates = model.apply({'params': params, 'batch_stats': state['batch_stats']}, batch['image'],
                                       train=True, mutable=['batch_stats'], rngs={'dropout': dropout_key})
-        loss = jnp.mean(cross_entropy(logits, batch['label'], setup.num_classes, label_smoothing))
+        loss = jnp.mean(optim.cross_entropy(logits, batch['label'], setup.num_classes, label_smoothing))
         return loss, (logits, updates['batch_stats'])
 
     (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state['params'])
@@ -221,7 +208,7 @@ def eval_step(variables: dict, batch: dict, *, model, num_classes: int):
     logits = model.apply(variables, batch['image'], train=False)
     mask = batch['mask']
     sums = {
-        'loss': jnp.sum(cross_entropy(logits, batch['label'], num_classes) * mask),
+        'loss': jnp.sum(optim.cross_entropy(logits, batch['label'], num_classes) * mask),
         'top1': jnp.sum(top_k_correct(logits, batch['label'], 1) * mask),
         'top5': jnp.sum(top_k_correct(logits, batch['label'], 5) * mask),
         'count': jnp.sum(mask),
