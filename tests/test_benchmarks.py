@@ -1,4 +1,10 @@
 """The throughput benchmark runs end to end on a tiny configuration (without PyTorch, which CI lacks)."""
+import time
+
+import jax
+import numpy as np
+
+import mobilenets_jax as mj
 from benchmarks import throughput
 
 
@@ -8,6 +14,10 @@ def test_throughput_reports_rates_and_compile_time(capsys):
     (row,) = rows
     result = row['jax']['shifted']
     assert result['train'] > 0 and result['infer'] > 0 and result['compile_s'] > 0
+    # The row's parameter count (the PyTorch mirror is checked against it) is the model's own.
+    variables = mj.init_variables(mj.create_model('cifar_mobilenet_v2', num_classes=10, alpha=0.5), seed=0,
+                                  input_shape=(1, 16, 16, 3))
+    assert result['params'] == sum(int(np.prod(x.shape)) for x in jax.tree.leaves(variables['params']))
     assert row['torch'] == {} and 'ratio' not in row
     assert any(line.startswith('JSON ') for line in capsys.readouterr().out.splitlines())
 
@@ -23,3 +33,20 @@ def test_input_pipeline_benchmark_runs_the_training_transform():
     from benchmarks import input_pipeline
     result = input_pipeline.main(['--image_size=32', '--batch_size=2', '--batches=2', '--num_images=2'])
     assert result['train'] > 0 and result['eval'] > 0 and result['jpeg_kib'] > 1
+
+
+def test_contenders_are_timed_round_robin():
+    """Warm-up first, then one call of each contender in turn, so load swings hit all of them alike;
+    the rate is batch size / median seconds."""
+    calls = []
+
+    def runner(name, seconds):
+        def run():
+            calls.append(name)
+            time.sleep(seconds)
+        return run
+
+    rates = throughput._interleaved_rates({'fast': runner('fast', 0.01), 'slow': runner('slow', 0.04)},
+                                          batch_size=4, warmup=1, repeats=3)
+    assert calls == ['fast', 'slow'] + ['fast', 'slow'] * 3
+    assert 4 / 0.04 / 3 < rates['slow'] <= 4 / 0.04 < rates['fast'] <= 4 / 0.01
