@@ -144,11 +144,14 @@ def _im2col_patches(x, kernel_hw: tuple, strides: int, pads: tuple):
     return jnp.concatenate([tap for _, tap in _taps(xp, (kh, kw), strides, out_hw)], axis=-1)
 
 
+def _patches_times_kernel(patches, kernel):
+    kh, kw, cin, cout = kernel.shape
+    return jnp.einsum('nhwk,kd->nhwd', patches, kernel.reshape(kh * kw * cin, cout))
+
+
 def im2col_conv(x, kernel, strides: int, pads: tuple):
     """A k×k convolution as one matmul over the k²·cin patch vectors."""
-    kh, kw, cin, cout = kernel.shape
-    patches = _im2col_patches(x, (kh, kw), strides, pads)
-    return jnp.einsum('nhwk,kd->nhwd', patches, kernel.reshape(kh * kw * cin, cout))
+    return _patches_times_kernel(_im2col_patches(x, kernel.shape[:2], strides, pads), kernel)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
@@ -158,10 +161,8 @@ def _im2col_conv(x, kernel, strides: int, pads: tuple):
 
 
 def _im2col_conv_fwd(x, kernel, strides, pads):
-    kh, kw, cin, cout = kernel.shape
-    patches = _im2col_patches(x, (kh, kw), strides, pads)
-    y = jnp.einsum('nhwk,kd->nhwd', patches, kernel.reshape(kh * kw * cin, cout))
-    return y, (x, kernel, patches)
+    patches = _im2col_patches(x, kernel.shape[:2], strides, pads)
+    return _patches_times_kernel(patches, kernel), (x, kernel, patches)
 
 
 def _im2col_conv_bwd(strides, pads, residuals, dy):
