@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
-import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -20,6 +18,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
+from mobilenets_jax.cost import median_seconds  # noqa: E402
 from mobilenets_jax.models import layers  # noqa: E402
 
 SHAPES = ((32, 112, 112, 32, 1), (32, 112, 112, 64, 2), (32, 28, 28, 256, 1), (128, 16, 16, 256, 2),
@@ -27,13 +26,7 @@ SHAPES = ((32, 112, 112, 32, 1), (32, 112, 112, 64, 2), (32, 28, 28, 256, 1), (1
 
 
 def _median_ms(fn, *args, repeats):
-    jax.block_until_ready(fn(*args))
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        jax.block_until_ready(fn(*args))
-        times.append(time.perf_counter() - start)
-    return 1000 * statistics.median(times)
+    return 1000 * median_seconds(lambda: fn(*args), warmup=1, runs=repeats)
 
 
 def main(argv=None):

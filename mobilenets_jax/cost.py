@@ -563,7 +563,8 @@ def analyze(name: str, alpha: float = 1.0, groups: Optional[int] = None, resolut
     return record
 
 
-def _median_seconds(fn: Callable, warmup: int, runs: int) -> float:
+def median_seconds(fn: Callable, warmup: int, runs: int) -> float:
+    """Median wall seconds of `runs` synchronized calls of `fn` after `warmup` untimed ones."""
     for _ in range(warmup):
         jax.block_until_ready(fn())
     times = []
@@ -589,7 +590,7 @@ def measure_throughput(model: nn.Module, config: Config, batch_size: int, tx: op
     labels = jnp.asarray(rng.integers(0, config.num_classes, size=(batch_size,), dtype=np.int32))
 
     infer = jax.jit(lambda v, x: model.apply(v, x, train=False))
-    inference_seconds = _median_seconds(lambda: infer(variables, images), warmup, runs)
+    inference_seconds = median_seconds(lambda: infer(variables, images), warmup, runs)
 
     step = jax.jit(make_train_step(model, tx, config.num_classes, label_smoothing), donate_argnums=(0, 1, 2))
     state = [variables['params'], variables.get('batch_stats', {}), tx.init(variables['params'])]
@@ -600,7 +601,7 @@ def measure_throughput(model: nn.Module, config: Config, batch_size: int, tx: op
         state[:] = [params, batch_stats, opt_state]
         return loss
 
-    train_seconds = _median_seconds(train_once, warmup, runs)
+    train_seconds = median_seconds(train_once, warmup, runs)
     return {'batch_size': batch_size, 'inference_images_per_sec': batch_size / inference_seconds,
             'train_images_per_sec': batch_size / train_seconds}
 

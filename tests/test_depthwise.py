@@ -99,7 +99,7 @@ def test_auto_resolves_per_backend():
 
 @pytest.mark.parametrize('kernel_size,in_channels,groups,strides,use_bias,style', [
     (1, 12, 1, 1, False, 'same'), (1, 12, 1, 2, True, 'same'), (1, 12, 3, 1, True, 'same'),
-    (1, 12, 4, 1, False, 'same'),                                  # 1×1: matmul / grouped einsum
+    (1, 12, 4, 1, False, 'same'),                                  # 1×1: matmul / one per group
     (3, 3, 1, 1, True, 'same'), (3, 3, 1, 1, False, 'symmetric'),  # few input channels: im2col
     (5, 4, 1, 1, True, 'symmetric'), (3, 3, 1, 2, True, 'same'), (3, 3, 1, 2, False, 'symmetric'),
     (3, 12, 1, 1, False, 'same'), (3, 12, 1, 2, True, 'same'),     # lax convolution

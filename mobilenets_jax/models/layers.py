@@ -138,10 +138,9 @@ def _lax_conv(x, kernel, strides: int, padding, groups: int = 1):
 
 def _im2col_patches(x, kernel_hw: tuple, strides: int, pads: tuple):
     """(n, out_h, out_w, kh·kw·cin): every output position's receptive field, ordered as the kernel's rows."""
-    kh, kw = kernel_hw
     xp = jnp.pad(x, ((0, 0), pads[0], pads[1], (0, 0)))
-    out_hw = (_out_size(x.shape[1], pads[0], kh, strides), _out_size(x.shape[2], pads[1], kw, strides))
-    return jnp.concatenate([tap for _, tap in _taps(xp, (kh, kw), strides, out_hw)], axis=-1)
+    taps = _taps(xp, kernel_hw, strides, _out_hw(x, kernel_hw, strides, pads))
+    return jnp.concatenate([tap for _, tap in taps], axis=-1)
 
 
 def _patches_times_kernel(patches, kernel):
@@ -213,8 +212,8 @@ def pointwise_conv(x, kernel, strides: int = 1, groups: int = 1, bias=None):
 
     On XLA:CPU the weight gradient of a 1×1 `lax` convolution is ~2.6× slower than the same
     contraction written as a dot (46 vs 18 ms at 64×32×32×32→64); as a dot both directions of the
-    backward pass are plain GEMMs. Grouped 1×1 convolutions (ShuffleNetV1) become one batched matmul
-    over a group axis (input channel block g feeds output channel block g, as in `feature_group_count`).
+    backward pass are plain GEMMs. Grouped 1×1 convolutions (ShuffleNetV1) become one matmul per group
+    (input channel block g feeds output channel block g, as in `feature_group_count`).
     A 1×1 kernel never pads ('SAME' and k//2 both give zero padding), so a stride is a strided slice.
     """
     if strides != 1:
@@ -300,14 +299,15 @@ def _tap_sum(x, kernel, strides: int, out_hw: tuple, flip: bool = False):
     return result.astype(x.dtype)
 
 
-def _out_size(size: int, pads: tuple, k: int, strides: int) -> int:
-    return (size + pads[0] + pads[1] - k) // strides + 1
+def _out_hw(x, kernel_hw: tuple, strides: int, pads: tuple) -> tuple:
+    """(out_h, out_w) of a k×k window sliding with `strides` over x padded by `pads`."""
+    return tuple((size + lo + hi - k) // strides + 1
+                 for size, (lo, hi), k in zip(x.shape[1:3], pads, kernel_hw))
 
 
 def _shifted_depthwise_forward(x, kernel, strides: int, pads: tuple, materialize_pad: bool = False):
     """Returns (the k² shifted multiply-adds over padded x, padded x); see `_materialized_pad`."""
-    kh, kw = kernel.shape[0], kernel.shape[1]
-    out_hw = (_out_size(x.shape[1], pads[0], kh, strides), _out_size(x.shape[2], pads[1], kw, strides))
+    out_hw = _out_hw(x, kernel.shape[:2], strides, pads)
     lax_pads = ((0, 0, 0), (*pads[0], 0), (*pads[1], 0), (0, 0, 0))
     xp = _materialized_pad(x, lax_pads) if materialize_pad else jax.lax.pad(x, jnp.zeros((), x.dtype), lax_pads)
     return _tap_sum(xp, kernel, strides, out_hw), xp
