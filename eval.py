@@ -33,10 +33,7 @@ flags.mark_flags_as_required(['config', 'workdir'])
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f'unexpected arguments: {argv[1:]}')
-    cli_utils.quiet_library_logs()
-    cli_utils.initialize_distributed()
+    cli_utils.start(argv)
     from mobilenets_jax import evaluation
     with cli_utils.user_errors_exit_2():
         record = evaluation.evaluate_checkpoint(FLAGS.config, FLAGS.workdir, step=FLAGS.step,

@@ -20,6 +20,8 @@ os.environ.setdefault('TF_ENABLE_ONEDNN_OPTS', '0')
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from mobilenets_jax import cli_utils
+
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file('config', None, 'A training configuration (configs/*.py) to report on.',
                                 lock_config=False)
@@ -103,11 +105,8 @@ def main(argv):
     if not FLAGS['verbosity'].present:
         logging.set_verbosity(logging.WARNING)   # a report, not a log: keep INFO chatter off stderr
     from mobilenets_jax import cost
-    try:
+    with cli_utils.user_errors_exit_2():
         configs, options = _configs_and_options()
-    except ValueError as error:   # bad user input: one line, exit status 2, no traceback
-        print(f'error: {error}', file=sys.stderr)
-        return 2
     progress = (lambda line: print(line, file=sys.stderr, flush=True)) if len(configs) > 1 else None
     start = time.perf_counter()
     records = cost.run_configs(configs, workers=FLAGS.workers, progress=progress, **options)

@@ -28,9 +28,7 @@ def _floats(values, flag):
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f'unexpected arguments: {argv[1:]}')
-    cli_utils.quiet_library_logs()
+    cli_utils.start(argv, distributed=False)   # single-process: it defines no distributed flags
     from mobilenets_jax import sweep_lib
     with cli_utils.user_errors_exit_2():
         result = sweep_lib.run_sweep(FLAGS.config, FLAGS.workdir, models=FLAGS.models or [FLAGS.config.model.name],

@@ -22,10 +22,7 @@ flags.mark_flags_as_required(['config', 'workdir'])
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f'unexpected arguments: {argv[1:]}')
-    cli_utils.quiet_library_logs()
-    cli_utils.initialize_distributed()
+    cli_utils.start(argv)
     from mobilenets_jax import train_lib
     with cli_utils.user_errors_exit_2():
         result = train_lib.train_and_evaluate(FLAGS.config, FLAGS.workdir)

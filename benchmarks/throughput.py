@@ -8,7 +8,8 @@ inference images/sec as the median of `--repeats` synchronized timings after `--
 `import torch` works (and not `--no_torch`), the same network (`benchmarks/torch_models.py`, same
 parameter count, checked) with `torch.optim.RMSprop(alpha=0.9, momentum=0.9, eps=1.0)` is timed in the
 same run, NCHW and/or channels-last. Inputs are synthetic arrays already in memory: these numbers
-exclude the input pipeline. Prints a table and one JSON line per model (prefix `JSON `).
+exclude the input pipeline. Prints a table and one JSON line per model (prefix `JSON `); the header
+and every JSON line name the malloc in use (on CPU, preload tcmalloc: README, "Performance").
 """
 from __future__ import annotations
 
@@ -24,10 +25,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
-import optax  # noqa: E402
 
 import mobilenets_jax as mj  # noqa: E402
-from mobilenets_jax import optim  # noqa: E402
+from mobilenets_jax import cli_utils, cost, optim  # noqa: E402
 from mobilenets_jax.models import layers  # noqa: E402
 
 
@@ -57,31 +57,23 @@ def jax_benchmark(name, impl, args, num_classes, groups, size, compile_only=Fals
     rng = np.random.default_rng(0)
     images = jnp.asarray(rng.uniform(-1, 1, size=shape), jnp.float32)
     labels = jnp.asarray(rng.integers(0, num_classes, size=args.batch_size), jnp.int32)
-    dropout_key = jax.random.key(1)
-
-    def train_step(params, batch_stats, opt_state, images, labels):
-        def loss_fn(p):
-            logits, updates = model.apply({'params': p, 'batch_stats': batch_stats}, images, train=True,
-                                          mutable=['batch_stats'], rngs={'dropout': dropout_key})
-            loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
-            return loss, updates['batch_stats']
-        (loss, new_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
-        updates, opt_state = tx.update(grads, opt_state, params)
-        return optax.apply_updates(params, updates), new_stats, opt_state, loss
+    rng_data = jax.random.key_data(jax.random.key(1))
+    # The cost report's step (`cost.make_train_step`), with PyTorch's loss: cross-entropy, no label smoothing.
+    train_step = cost.make_train_step(model, tx, num_classes, label_smoothing=0.0)
 
     start = time.perf_counter()
     train = jax.jit(train_step, donate_argnums=(0, 1, 2)).lower(
-        params, batch_stats, opt_state, images, labels).compile()
+        params, batch_stats, opt_state, images, labels, rng_data).compile()
     compile_s = time.perf_counter() - start
     if compile_only:
         return dict(compile_s=compile_s)
     infer = jax.jit(lambda v, x: model.apply(v, x, train=False)).lower(variables, images).compile()
-    n_params = sum(int(np.prod(a.shape)) for a in jax.tree.leaves(params))
+    n_params = cost.count_variables(variables)['params']
 
     state = [params, batch_stats, opt_state]
 
     def run_train():
-        state[0], state[1], state[2], loss = train(state[0], state[1], state[2], images, labels)
+        state[0], state[1], state[2], loss = train(state[0], state[1], state[2], images, labels, rng_data)
         jax.block_until_ready(loss)
 
     def run_infer():
@@ -121,7 +113,8 @@ def torch_benchmark(name, args, num_classes, groups, channels_last, size):
 def compile_times(args):
     """Train-step compile seconds per model and depthwise implementation (one JSON line per model)."""
     impls = [i for i in args.impls.split(',') if i]
-    print(f'# JAX {jax.__version__} on {jax.default_backend()}; train-step compile seconds; batch {args.batch_size}')
+    print(f'# JAX {jax.__version__} on {jax.default_backend()}; train-step compile seconds; batch {args.batch_size}; '
+          f'allocator: {cli_utils.preloaded_allocator() or "glibc malloc"}')
     print(f'{"model":22s} {"res":>4s} ' + ' '.join(f'{i:>18s}' for i in impls), flush=True)
     rows = []
     for name in args.models.split(','):
@@ -164,8 +157,10 @@ def main(argv=None):
         torch_version = None
     impls = [i for i in args.impls.split(',') if i]
     auto = layers.resolve_depthwise_impl('auto')
+    allocator = cli_utils.preloaded_allocator() or 'glibc malloc'
     print(f'# JAX {jax.__version__} on {jax.default_backend()} ({jax.devices()[0].device_kind}); '
-          f'auto -> {auto}; PyTorch {torch_version or "not installed"}; batch {args.batch_size}; {args.dtype}')
+          f'auto -> {auto}; PyTorch {torch_version or "not installed"}; batch {args.batch_size}; {args.dtype}; '
+          f'allocator: {allocator}')
     header = (f'{"model":22s} {"res":>4s} ' + ' '.join(f'{i + " tr/inf/comp":>28s}' for i in impls)
               + ('  torch ' + ' '.join(f'{l + " tr/inf":>22s}' for l in args.torch_layouts.split(','))
                  if torch_version else '') + '  ratio(best jax/best torch) tr, inf')
@@ -177,7 +172,8 @@ def main(argv=None):
         groups = spec.default_groups
         num_classes = spec.default_num_classes
         result = dict(model=name, batch_size=args.batch_size, image_size=size, alpha=args.alpha,
-                      dtype=args.dtype, backend=jax.default_backend(), auto=auto, jax={}, torch={})
+                      dtype=args.dtype, backend=jax.default_backend(), auto=auto, allocator=allocator, jax={},
+                      torch={})
         for impl in impls:
             result['jax'][impl] = jax_benchmark(name, impl, args, num_classes, groups, size)
         if torch_version:

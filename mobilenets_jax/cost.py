@@ -37,7 +37,7 @@ import numpy as np
 import optax
 
 from mobilenets_jax import optim, published
-from mobilenets_jax.models import layers, registry
+from mobilenets_jax.models import init as model_init, layers, registry
 
 # The fields of one `analyze` record, in output order.
 FIELDS = (
@@ -285,9 +285,8 @@ def macs_by_kind(rows: Iterable[dict]) -> dict:
 
 
 def abstract_variables(model: nn.Module, image_size=32) -> Any:
-    """The variables of `model` as `jax.ShapeDtypeStruct`s (`jax.eval_shape` of ``model.init``)."""
-    return jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros(_image_shape(image_size, 1), jnp.float32),
-                                             train=False))
+    """The variables of `model` as `jax.ShapeDtypeStruct`s, traced at one `image_size` image."""
+    return model_init.abstract_variables(model, _image_shape(image_size, 1))
 
 
 def count_variables(variables: Any) -> dict:
@@ -582,9 +581,8 @@ def measure_throughput(model: nn.Module, config: Config, batch_size: int, tx: op
     Both programs are compiled with the backend's default options, run `warmup` times, then timed
     `runs` times (each call synchronized with `block_until_ready`); the median is reported.
     """
-    from mobilenets_jax.models.init import init_variables
     res = config.resolution
-    variables = init_variables(model, 0, (1, res, res, 3))
+    variables = model_init.init_variables(model, 0, (1, res, res, 3))
     rng = np.random.default_rng(0)
     images = jnp.asarray(rng.standard_normal((batch_size, res, res, 3), dtype=np.float32))
     labels = jnp.asarray(rng.integers(0, config.num_classes, size=(batch_size,), dtype=np.int32))

@@ -26,13 +26,12 @@ from typing import Any, Optional
 
 from absl import logging
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from mobilenets_jax import checkpoints, config_lib, train_lib
+from mobilenets_jax import checkpoints, config_lib, models, train_lib
 
 RESULTS_FILE = 'eval_results.jsonl'
 WEIGHTS = ('ema', 'raw')
@@ -350,8 +349,7 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str, *, step
         info = input_pipeline.get_dataset_info(config.dataset)
         model = config_lib.create_model(config)
         size = config_lib.image_size(config)
-        expected = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, size, size, 3)),
-                                                     train=False))
+        expected = models.abstract_variables(model, (1, size, size, 3))
         expected = {'params': expected['params'], 'batch_stats': expected.get('batch_stats', {})}
         check_shapes({'params': saved['params'], 'batch_stats': saved.get('batch_stats', {})}, expected,
                      config, info.num_classes)

@@ -18,7 +18,7 @@ def count(tree):
 
 
 def abstract_variables(model, size=224):
-    return jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, size, size, 3)), train=False))
+    return mj.abstract_variables(model, (1, size, size, 3))
 
 
 def test_list_models():
@@ -138,6 +138,9 @@ def test_init_variables_matches_flax_init_structure_and_scale():
     reference = model.init(jax.random.key(0), images, train=False)
     fast = mj.init_variables(model, seed=0, input_shape=images.shape)
     assert jax.tree.structure(fast) == jax.tree.structure(reference)
+    abstract = mj.abstract_variables(model, images.shape)
+    assert (jax.tree.map(lambda a: (a.shape, a.dtype), abstract)
+            == jax.tree.map(lambda a: (a.shape, a.dtype), reference))
     for ref, ours in zip(jax.tree.leaves(reference), jax.tree.leaves(fast)):
         assert ref.shape == ours.shape and ref.dtype == ours.dtype
         if ref.size > 200:  # same initializer family: standard deviations agree within sampling noise

@@ -43,10 +43,14 @@ def _leaf_value(rng: np.random.Generator, path: str, leaf) -> np.ndarray:
     return value.astype(leaf.dtype)
 
 
+def abstract_variables(model, input_shape: Sequence[int] = (1, 224, 224, 3)):
+    """The variables of `model` as `jax.ShapeDtypeStruct`s: `jax.eval_shape` of ``model.init``, nothing compiled."""
+    return jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros(input_shape, jnp.float32), train=False))
+
+
 def init_variables(model, seed: int, input_shape: Sequence[int] = (1, 224, 224, 3)):
     """Returns `{'params': ..., 'batch_stats': ...}` for `model` without compiling anything."""
-    abstract = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros(input_shape, jnp.float32),
-                                                 train=False))
+    abstract = abstract_variables(model, input_shape)
     rng = np.random.default_rng(seed)
     flat, treedef = jax.tree_util.tree_flatten_with_path(abstract)
     values = []

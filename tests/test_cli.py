@@ -1,0 +1,35 @@
+"""cli_utils: what every entry point does first, and the CPU allocator hint."""
+import pytest
+from absl import app
+
+from mobilenets_jax import cli_utils
+
+GLIBC_MAPS = ('7f3a2c000000-7f3a2c028000 r--p 00000000 fe:01 1234 /usr/lib/x86_64-linux-gnu/libc.so.6\n'
+              '7f3a2d000000-7f3a2d100000 r-xp 00000000 fe:01 5678 /opt/venv/lib/python3.11/site-packages/'
+              'jaxlib/xla_extension.so\n')
+TCMALLOC_MAPS = GLIBC_MAPS + '7f3a2e000000-7f3a2e020000 r-xp 00000000 fe:01 91 /usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4.5.10\n'
+JEMALLOC_MAPS = GLIBC_MAPS + '7f3a2e000000-7f3a2e020000 r-xp 00000000 fe:01 92 /usr/lib/x86_64-linux-gnu/libjemalloc.so.2\n'
+
+
+def test_preloaded_allocator_read_from_the_memory_map():
+    assert cli_utils.preloaded_allocator(GLIBC_MAPS) is None
+    assert cli_utils.preloaded_allocator(TCMALLOC_MAPS) == 'tcmalloc'
+    assert cli_utils.preloaded_allocator(JEMALLOC_MAPS) == 'jemalloc'
+    # This very process: whatever it runs on, the answer is one of the three.
+    assert cli_utils.preloaded_allocator() in (None, 'tcmalloc', 'jemalloc')
+
+
+def test_allocator_hint_only_for_xla_cpu_on_glibc():
+    hint = cli_utils.cpu_allocator_hint('cpu', GLIBC_MAPS)
+    assert 'tcmalloc' in hint and 'LD_PRELOAD=' in hint
+    assert cli_utils.cpu_allocator_hint('cpu', TCMALLOC_MAPS) is None
+    # jemalloc keeps the pages only with its decay off.
+    assert 'MALLOC_CONF=dirty_decay_ms:-1' in cli_utils.cpu_allocator_hint('cpu', JEMALLOC_MAPS, malloc_conf='')
+    assert cli_utils.cpu_allocator_hint('cpu', JEMALLOC_MAPS, 'dirty_decay_ms:-1,muzzy_decay_ms:-1') is None
+    assert cli_utils.cpu_allocator_hint('gpu', GLIBC_MAPS) is None
+    assert cli_utils.cpu_allocator_hint('tpu', GLIBC_MAPS) is None
+
+
+def test_start_rejects_stray_arguments_before_touching_devices():
+    with pytest.raises(app.UsageError, match='unexpected arguments: extra --oops'):
+        cli_utils.start(['train.py', 'extra', '--oops'])
