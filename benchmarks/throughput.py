@@ -4,7 +4,8 @@
 
 For each model and each `--impls` entry: the compile time of the JAX train step (forward, backward,
 TF-RMSprop from `mobilenets_jax.optim.create_optimizer`, BatchNorm statistics update), then train and
-inference images/sec as the median of `--repeats` synchronized timings after `--warmup` calls. When
+inference images/sec as the median of `--repeats` synchronized timings after `--warmup` calls (each timed
+call preceded by `--settle` untimed ones, see `_interleaved_rates`). When
 `import torch` works (and not `--no_torch`), the same network (`benchmarks/torch_models.py`, same
 parameter count, checked) with `torch.optim.RMSprop(alpha=0.9, momentum=0.9, eps=1.0)` is timed in the
 same run, NCHW and/or channels-last. Inputs are synthetic arrays already in memory: these numbers
@@ -31,15 +32,24 @@ from mobilenets_jax import cli_utils, cost, optim  # noqa: E402
 from mobilenets_jax.models import layers  # noqa: E402
 
 
-def _interleaved_rates(runners, batch_size, warmup, repeats):
+def _interleaved_rates(runners, batch_size, warmup, repeats, settle=1):
     """Median images/sec of each runner, timed round-robin so that load from other processes on the
-    machine hits every contender alike (sequential blocks would turn load swings into fake ratios)."""
+    machine hits every contender alike (sequential blocks would turn load swings into fake ratios).
+
+    Each turn first makes `settle` untimed calls: the first call after another framework's runs pays for
+    that framework's still-spinning worker threads and for the caches it evicted. Timed alone, those calls
+    misstate steady-state rates. In one measurement (tcmalloc, cifar_mobilenet_v2 batch-64 inference),
+    JAX ran at 4,780 img/s on the first call of a turn and 6,736 on the next ones, PyTorch at 4,277
+    and 5,487.
+    """
     for fn in runners.values():
         for _ in range(warmup):
             fn()
     times = {key: [] for key in runners}
     for _ in range(repeats):
         for key, fn in runners.items():
+            for _ in range(settle):
+                fn()
             start = time.perf_counter()
             fn()
             times[key].append(time.perf_counter() - start)
@@ -140,6 +150,8 @@ def main(argv=None):
                         help=f'depthwise implementations to time ({", ".join(layers.DEPTHWISE_IMPLS)})')
     parser.add_argument('--warmup', type=int, default=2)
     parser.add_argument('--repeats', type=int, default=5)
+    parser.add_argument('--settle', type=int, default=1,
+                        help='untimed calls at the start of each round-robin turn (see _interleaved_rates)')
     parser.add_argument('--no_torch', action='store_true')
     parser.add_argument('--torch_layouts', default='nchw,channels_last')
     parser.add_argument('--compile_only', action='store_true',
@@ -183,7 +195,8 @@ def main(argv=None):
                     'PyTorch mirror has a different parameter count'
         for mode in ('train', 'infer'):
             runners = {(fw, key): r[mode] for fw in ('jax', 'torch') for key, r in result[fw].items()}
-            for (fw, key), rate in _interleaved_rates(runners, args.batch_size, args.warmup, args.repeats).items():
+            for (fw, key), rate in _interleaved_rates(runners, args.batch_size, args.warmup, args.repeats,
+                                                                args.settle).items():
                 result[fw][key][mode] = rate
         best_jax = {k: max(r[k] for r in result['jax'].values()) for k in ('train', 'infer')}
         line = f'{name:22s} {size:4d} ' + ' '.join(

@@ -36,17 +36,26 @@ def test_input_pipeline_benchmark_runs_the_training_transform():
 
 
 def test_contenders_are_timed_round_robin():
-    """Warm-up first, then one call of each contender in turn, so load swings hit all of them alike;
-    the rate is batch size / median seconds."""
+    """Warm-up first, then each contender in turn: `settle` untimed calls, then one timed call, so load
+    swings hit all of them alike; the rate is batch size / median seconds of the timed calls only."""
     calls = []
 
     def runner(name, seconds):
+        state = {'calls': 0}
+
         def run():
             calls.append(name)
-            time.sleep(seconds)
+            state['calls'] += 1
+            # With warmup=1 and settle=1 a runner's even-numbered calls are its settle calls. They are
+            # made 10x slower here, and the rates must not see them.
+            time.sleep(seconds * (10 if state['calls'] % 2 == 0 else 1))
         return run
 
-    rates = throughput._interleaved_rates({'fast': runner('fast', 0.01), 'slow': runner('slow', 0.04)},
-                                          batch_size=4, warmup=1, repeats=3)
-    assert calls == ['fast', 'slow'] + ['fast', 'slow'] * 3
-    assert 4 / 0.04 / 3 < rates['slow'] <= 4 / 0.04 < rates['fast'] <= 4 / 0.01
+    rates = throughput._interleaved_rates({'fast': runner('fast', 0.002), 'slow': runner('slow', 0.008)},
+                                          batch_size=4, warmup=1, repeats=3, settle=1)
+    assert calls == ['fast', 'slow'] + ['fast', 'fast', 'slow', 'slow'] * 3
+    assert 4 / 0.008 / 3 < rates['slow'] <= 4 / 0.008 < rates['fast'] <= 4 / 0.002
+    # Without settle calls every call is timed.
+    calls.clear()
+    throughput._interleaved_rates({'fast': runner('fast', 0.002)}, batch_size=4, warmup=0, repeats=2, settle=0)
+    assert calls == ['fast', 'fast']
