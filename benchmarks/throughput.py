@@ -195,8 +195,8 @@ def main(argv=None):
                     'PyTorch mirror has a different parameter count'
         for mode in ('train', 'infer'):
             runners = {(fw, key): r[mode] for fw in ('jax', 'torch') for key, r in result[fw].items()}
-            for (fw, key), rate in _interleaved_rates(runners, args.batch_size, args.warmup, args.repeats,
-                                                                args.settle).items():
+            rates = _interleaved_rates(runners, args.batch_size, args.warmup, args.repeats, args.settle)
+            for (fw, key), rate in rates.items():
                 result[fw][key][mode] = rate
         best_jax = {k: max(r[k] for r in result['jax'].values()) for k in ('train', 'infer')}
         line = f'{name:22s} {size:4d} ' + ' '.join(

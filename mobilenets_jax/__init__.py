@@ -7,4 +7,5 @@ from mobilenets_jax.models import (MODELS, abstract_variables, check_image_size,
                                    list_models)
 
 __version__ = '0.1.0'
-__all__ = ['abstract_variables', 'init_variables', 'create_model', 'list_models', 'get_spec', 'check_image_size', 'MODELS', '__version__']
+__all__ = ['abstract_variables', 'init_variables', 'create_model', 'list_models', 'get_spec', 'check_image_size',
+           'MODELS', '__version__']

@@ -37,8 +37,8 @@ def initialize_distributed() -> None:
 
 
 def start(argv, distributed: bool = True) -> None:
-    """What every entry point's `main` does first: reject stray arguments, quiet library logs and,
-    for programs that run on the devices (`distributed`), join the other processes of a multi-host run."""
+    """What every entry point's `main` does first: reject stray arguments, quiet library logs, join the
+    other processes of a multi-host run (`distributed`), and log `cpu_allocator_hint` when it applies."""
     if len(argv) > 1:
         raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
     quiet_library_logs()

@@ -7,8 +7,10 @@ from mobilenets_jax import cli_utils
 GLIBC_MAPS = ('7f3a2c000000-7f3a2c028000 r--p 00000000 fe:01 1234 /usr/lib/x86_64-linux-gnu/libc.so.6\n'
               '7f3a2d000000-7f3a2d100000 r-xp 00000000 fe:01 5678 /opt/venv/lib/python3.11/site-packages/'
               'jaxlib/xla_extension.so\n')
-TCMALLOC_MAPS = GLIBC_MAPS + '7f3a2e000000-7f3a2e020000 r-xp 00000000 fe:01 91 /usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4.5.10\n'
-JEMALLOC_MAPS = GLIBC_MAPS + '7f3a2e000000-7f3a2e020000 r-xp 00000000 fe:01 92 /usr/lib/x86_64-linux-gnu/libjemalloc.so.2\n'
+TCMALLOC_MAPS = GLIBC_MAPS + ('7f3a2e000000-7f3a2e020000 r-xp 00000000 fe:01 91 '
+                              '/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4.5.10\n')
+JEMALLOC_MAPS = GLIBC_MAPS + ('7f3a2e000000-7f3a2e020000 r-xp 00000000 fe:01 92 '
+                              '/usr/lib/x86_64-linux-gnu/libjemalloc.so.2\n')
 
 
 def test_preloaded_allocator_read_from_the_memory_map():
