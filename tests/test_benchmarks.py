@@ -59,3 +59,10 @@ def test_contenders_are_timed_round_robin():
     calls.clear()
     throughput._interleaved_rates({'fast': runner('fast', 0.002)}, batch_size=4, warmup=0, repeats=2, settle=0)
     assert calls == ['fast', 'fast']
+
+
+def test_gemm_benchmark_reports_gflops():
+    from benchmarks import gemm
+    (row,) = gemm.main(['--shapes=64,32,16', '--repeats=2', '--no_torch'])
+    assert (row['m'], row['k'], row['n']) == (64, 32, 16)
+    assert set(row['gflops']) == {'jax'} and row['gflops']['jax'] > 0 and 'ratio' not in row
