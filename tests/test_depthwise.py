@@ -102,12 +102,14 @@ def test_auto_resolves_per_backend():
     (1, 12, 4, 1, False, 'same'),                                  # 1×1: matmul / one per group
     (3, 3, 1, 1, True, 'same'), (3, 3, 1, 1, False, 'symmetric'),  # few input channels: im2col
     (5, 4, 1, 1, True, 'symmetric'), (3, 3, 1, 2, True, 'same'), (3, 3, 1, 2, False, 'symmetric'),
-    (3, 12, 1, 1, False, 'same'), (3, 12, 1, 2, True, 'same'),     # lax convolution
+    (3, 12, 1, 1, False, 'same'), (3, 12, 1, 2, True, 'same'),     # lax, kernel gradient as a GEMM
+    (3, 12, 1, 2, False, 'symmetric'), (5, 8, 1, 1, True, 'symmetric'),
+    (3, 12, 3, 1, True, 'same'),                                   # grouped k×k: plain lax
 ])
 @pytest.mark.parametrize('dtype,tol', [(jnp.float32, F32_TOL), (jnp.bfloat16, BF16_TOL)], ids=['f32', 'bf16'])
 def test_conv2d_equals_nn_conv(kernel_size, in_channels, groups, strides, use_bias, style, dtype, tol):
-    """Conv2D (matmul for 1×1, im2col for convolutions over few input channels, `lax` otherwise)
-    against `nn.Conv`: values and gradients, same parameters."""
+    """Conv2D (matmul for 1×1, im2col for convolutions over few input channels, `lax` with a GEMM kernel
+    gradient for other dense ones, `lax` for grouped ones) against `nn.Conv`: values and gradients."""
     import flax.linen as nn
     x = jnp.asarray(np.random.default_rng(3).standard_normal((2, 7, 6, in_channels)), dtype)
     ours = layers.Conv2D(24, kernel_size, strides, groups, use_bias, padding_style=style, dtype=dtype)
