@@ -87,14 +87,14 @@ def conv_padding(kernel_size: int, padding_style: str):
 # Xeon, forward: 64×32×32×3 → 32 stride 1 17.2 → 3.0 ms; 16×224×224×3 → 24 stride 2 91 → 33 ms. The
 # kernel gradient is then one patchesᵀ·dy GEMM over the patches kept from the forward pass:
 # 6.5 → 2.0 ms at 64×32×32×3 → 32, 16.2 → 5.5 ms at 16×224×224×3 → 32 stride 2 (XLA's convolution
-# also transposed both operands first). See `_im2col_conv`.
+# also transposed both operands first). See `_dense_conv`.
 _IM2COL_MAX_INPUT_CHANNELS = 4
 # Any other dense k×k convolution keeps XLA's forward pass and input gradient, but its kernel gradient is
 # the same patchesᵀ·dy GEMM over patches rebuilt from x in the backward pass (nothing extra is kept from
 # the forward pass). XLA's kernel-gradient convolution took 1.1–3.8× its forward time. The nine 3×3 layer
 # shapes of mobilenet_v1_conv at batch 16, forward + both gradients, tcmalloc, summed over the network:
 # 3.39 → 2.60 s (e.g. 28×28×256 → 256: 379 → 233 ms); its whole train step −22% and −13% in two
-# round-robin A/Bs (4.64 → 3.63 s, 3.99 → 3.48 s). See `_conv_with_gemm_kernel_grad`.
+# round-robin A/Bs (4.64 → 3.63 s, 3.99 → 3.48 s). See `_dense_conv`.
 
 
 class _ConvKernel(nn.Module):
@@ -103,9 +103,8 @@ class _ConvKernel(nn.Module):
     Declaring `kernel` (k, k, cin/groups, cout) and `bias` here keeps the parameter tree
     `<name>/conv/{kernel,bias}` that `nn.Conv(name='conv')` would create (and its initial values),
     so checkpoints and parameter counts do not depend on how the convolution is computed:
-    1×1 as a matmul (`pointwise_conv`), k×k over few input channels as im2col + matmul (`_im2col_conv`),
-    other dense k×k as `lax.conv_general_dilated` with a GEMM kernel gradient (`_conv_with_gemm_kernel_grad`),
-    grouped k×k as `lax.conv_general_dilated`.
+    1×1 as a matmul (`pointwise_conv`), dense k×k with a GEMM kernel gradient and, over few input
+    channels, an im2col + matmul forward pass (`_dense_conv`), grouped k×k as `lax.conv_general_dilated`.
     """
     features: int
     kernel_size: int = 1
@@ -132,8 +131,7 @@ class _ConvKernel(nn.Module):
             return pointwise_conv(x, kernel, self.strides, self.groups, bias)
         if self.groups == 1:
             pads = explicit_padding(x.shape[1], x.shape[2], (k, k), self.strides, self.padding)
-            conv = _im2col_conv if in_channels <= _IM2COL_MAX_INPUT_CHANNELS else _conv_with_gemm_kernel_grad
-            y = conv(x, kernel, self.strides, pads)
+            y = _dense_conv(x, kernel, self.strides, pads, in_channels <= _IM2COL_MAX_INPUT_CHANNELS)
         else:
             y = _lax_conv(x, kernel, self.strides, self.padding, self.groups)
         return y if bias is None else y + bias
@@ -156,60 +154,36 @@ def _patches_times_kernel(patches, kernel):
     return jnp.einsum('nhwk,kd->nhwd', patches, kernel.reshape(kh * kw * cin, cout))
 
 
-def im2col_conv(x, kernel, strides: int, pads: tuple):
-    """A k×k convolution as one matmul over the k²·cin patch vectors."""
-    return _patches_times_kernel(_im2col_patches(x, kernel.shape[:2], strides, pads), kernel)
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
+def _dense_conv(x, kernel, strides: int, pads: tuple, im2col_forward: bool):
+    """A dense k×k convolution whose kernel gradient is one patchesᵀ·dy GEMM over the im2col patches.
+
+    The forward pass is im2col + matmul when `im2col_forward` (few input channels: the patches are then
+    kept for the kernel gradient), else XLA's convolution (the patches are rebuilt from x in the backward
+    pass, so nothing beyond x is kept). The input gradient is XLA's; for a stem, whose input is the
+    image, XLA removes it.
+    """
+    return _dense_conv_fwd(x, kernel, strides, pads, im2col_forward)[0]
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
-def _im2col_conv(x, kernel, strides: int, pads: tuple):
-    """im2col forward; kernel gradient patchesᵀ·dy from the saved patches; input gradient XLA's."""
-    return im2col_conv(x, kernel, strides, pads)
+def _dense_conv_fwd(x, kernel, strides, pads, im2col_forward):
+    if im2col_forward:
+        patches = _im2col_patches(x, kernel.shape[:2], strides, pads)
+        return _patches_times_kernel(patches, kernel), (x, kernel, patches)
+    return _lax_conv(x, kernel, strides, pads), (x, kernel, None)
 
 
-def _im2col_conv_fwd(x, kernel, strides, pads):
-    patches = _im2col_patches(x, kernel.shape[:2], strides, pads)
-    return _patches_times_kernel(patches, kernel), (x, kernel, patches)
-
-
-def _lax_conv_input_grad(x, kernel, strides: int, pads: tuple, dy):
+def _dense_conv_bwd(strides, pads, im2col_forward, residuals, dy):
+    x, kernel, patches = residuals
+    if patches is None:
+        patches = _im2col_patches(x, kernel.shape[:2], strides, pads)
     _, input_vjp = jax.vjp(lambda a: _lax_conv(a, kernel, strides, pads), x)
-    return input_vjp(dy)[0]
-
-
-def _kernel_grad_from_patches(patches, dy, kernel):
-    """dk = patchesᵀ·dy: one GEMM over all output positions, accumulated in f32."""
     dkernel = jnp.matmul(patches.reshape(-1, patches.shape[-1]).T, dy.reshape(-1, dy.shape[-1]),
                          preferred_element_type=_accumulation_dtype(dy.dtype))
-    return dkernel.reshape(kernel.shape).astype(kernel.dtype)
+    return input_vjp(dy)[0], dkernel.reshape(kernel.shape).astype(kernel.dtype)
 
 
-def _im2col_conv_bwd(strides, pads, residuals, dy):
-    x, kernel, patches = residuals
-    # The input gradient is unused (and removed by XLA) for a stem, whose input is the image.
-    return _lax_conv_input_grad(x, kernel, strides, pads, dy), _kernel_grad_from_patches(patches, dy, kernel)
-
-
-_im2col_conv.defvjp(_im2col_conv_fwd, _im2col_conv_bwd)
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
-def _conv_with_gemm_kernel_grad(x, kernel, strides: int, pads: tuple):
-    """XLA's convolution and input gradient; the kernel gradient is patchesᵀ·dy over patches rebuilt from x."""
-    return _lax_conv(x, kernel, strides, pads)
-
-
-def _conv_with_gemm_kernel_grad_fwd(x, kernel, strides, pads):
-    return _lax_conv(x, kernel, strides, pads), (x, kernel)
-
-
-def _conv_with_gemm_kernel_grad_bwd(strides, pads, residuals, dy):
-    x, kernel = residuals
-    patches = _im2col_patches(x, kernel.shape[:2], strides, pads)
-    return _lax_conv_input_grad(x, kernel, strides, pads, dy), _kernel_grad_from_patches(patches, dy, kernel)
-
-
-_conv_with_gemm_kernel_grad.defvjp(_conv_with_gemm_kernel_grad_fwd, _conv_with_gemm_kernel_grad_bwd)
+_dense_conv.defvjp(_dense_conv_fwd, _dense_conv_bwd)
 
 
 @jax.custom_vjp
