@@ -100,10 +100,9 @@ def _configs_and_options():
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
     if not FLAGS['verbosity'].present:
         logging.set_verbosity(logging.WARNING)   # a report, not a log: keep INFO chatter off stderr
+    cli_utils.start(argv, distributed=False)
     from mobilenets_jax import cost
     with cli_utils.user_errors_exit_2():
         configs, options = _configs_and_options()

@@ -28,13 +28,24 @@ from mobilenets_jax import cli_utils  # noqa: E402
 SHAPES = ((200704, 32, 64), (50176, 128, 128), (12544, 256, 256), (3136, 512, 512), (784, 1024, 1024))
 
 
+def _shapes(text):
+    """argparse type of --shapes: 'M,K,N;M,K,N' → ((M, K, N), ...) of positive integers."""
+    try:
+        shapes = tuple(tuple(int(v) for v in triple.split(',')) for triple in text.split(';'))
+    except ValueError:
+        shapes = ()
+    if not shapes or any(len(shape) != 3 or min(shape) < 1 for shape in shapes):
+        raise argparse.ArgumentTypeError(f'{text!r}: expected M,K,N triples of positive integers separated by ";"')
+    return shapes
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--repeats', type=int, default=15)
-    parser.add_argument('--shapes', default=None, help='M,K,N triples separated by ";" (default: MobileNetV1-224)')
+    parser.add_argument('--shapes', type=_shapes, default=SHAPES,
+                        help='M,K,N triples separated by ";" (default: MobileNetV1-224\'s pointwise layers)')
     parser.add_argument('--no_torch', action='store_true')
     args = parser.parse_args(argv)
-    shapes = SHAPES if args.shapes is None else [tuple(int(v) for v in s.split(',')) for s in args.shapes.split(';')]
     torch = None
     if not args.no_torch:
         try:
@@ -45,7 +56,7 @@ def main(argv=None):
           f'float32; allocator: {cli_utils.preloaded_allocator() or "glibc malloc"}')
     print(f'{"M x K x N":>22s} {"jax GFLOP/s":>12s}' + (f' {"torch GFLOP/s":>14s} {"jax/torch":>10s}' if torch else ''))
     rows = []
-    for m, k, n in shapes:
+    for m, k, n in args.shapes:
         rng = np.random.default_rng(0)
         a, b = rng.standard_normal((m, k), dtype=np.float32), rng.standard_normal((k, n), dtype=np.float32)
         matmul = jax.jit(jnp.dot)

@@ -3,6 +3,7 @@ import time
 
 import jax
 import numpy as np
+import pytest
 
 import mobilenets_jax as mj
 from benchmarks import throughput
@@ -66,3 +67,6 @@ def test_gemm_benchmark_reports_gflops():
     (row,) = gemm.main(['--shapes=64,32,16', '--repeats=2', '--no_torch'])
     assert (row['m'], row['k'], row['n']) == (64, 32, 16)
     assert set(row['gflops']) == {'jax'} and row['gflops']['jax'] > 0 and 'ratio' not in row
+    for bad in ('64,32', '64,x,16', '64,0,16'):
+        with pytest.raises(SystemExit):
+            gemm.main([f'--shapes={bad}', '--no_torch'])

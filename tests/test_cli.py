@@ -1,4 +1,9 @@
 """cli_utils: what every entry point does first, and the CPU allocator hint."""
+import glob
+import os
+import subprocess
+import sys
+
 import pytest
 from absl import app
 
@@ -17,8 +22,18 @@ def test_preloaded_allocator_read_from_the_memory_map():
     assert cli_utils.preloaded_allocator(GLIBC_MAPS) is None
     assert cli_utils.preloaded_allocator(TCMALLOC_MAPS) == 'tcmalloc'
     assert cli_utils.preloaded_allocator(JEMALLOC_MAPS) == 'jemalloc'
-    # This very process: whatever it runs on, the answer is one of the three.
-    assert cli_utils.preloaded_allocator() in (None, 'tcmalloc', 'jemalloc')
+
+
+def test_preloaded_allocator_of_a_real_process():
+    """Read from the live /proc/self/maps: glibc without LD_PRELOAD, tcmalloc with it (where installed)."""
+    code = 'from mobilenets_jax import cli_utils; print(cli_utils.preloaded_allocator())'
+    env = {k: v for k, v in os.environ.items() if k != 'LD_PRELOAD'}
+    plain = subprocess.run([sys.executable, '-c', code], env=env, capture_output=True, text=True, check=True)
+    assert plain.stdout.split()[-1] == 'None'
+    for library in glob.glob('/usr/lib/*/libtcmalloc_minimal.so.4'):   # absent on CI: nothing more to check
+        preloaded = subprocess.run([sys.executable, '-c', code], env={**env, 'LD_PRELOAD': library},
+                                   capture_output=True, text=True, check=True)
+        assert preloaded.stdout.split()[-1] == 'tcmalloc'
 
 
 def test_allocator_hint_only_for_xla_cpu_on_glibc():
