@@ -10,7 +10,7 @@ for name in mj.list_models():
     spec = mj.get_spec(name)
     groups = spec.default_groups
     m = mj.create_model(name, alpha=1.0, groups=groups)
-    v = cost.abstract_variables(m, 32)
+    v = mj.abstract_variables(m, (1, 32, 32, 3))
     params = cost.count_variables(v)['params']
     macs224 = cost.count_macs(m, 224) if spec.base_resolution == 224 else None
     macs32 = cost.count_macs(m, 32)

@@ -284,11 +284,6 @@ def macs_by_kind(rows: Iterable[dict]) -> dict:
     return totals
 
 
-def abstract_variables(model: nn.Module, image_size=32) -> Any:
-    """The variables of `model` as `jax.ShapeDtypeStruct`s, traced at one `image_size` image."""
-    return model_init.abstract_variables(model, _image_shape(image_size, 1))
-
-
 def count_variables(variables: Any) -> dict:
     """Number of scalars per collection, e.g. ``{'params': 4231976, 'batch_stats': 21888}``."""
     return {collection: int(sum(int(np.prod(leaf.shape)) for leaf in jax.tree.leaves(tree)))
@@ -453,7 +448,7 @@ def _abstract_state(config_key: tuple, model_kwargs: tuple):
     """
     name, alpha, groups, num_classes = config_key
     model = registry.create_model(name, alpha=alpha, groups=groups, num_classes=num_classes, **dict(model_kwargs))
-    return model, abstract_variables(model, registry.get_spec(name).base_resolution)
+    return model, model_init.abstract_variables(model, _image_shape(registry.get_spec(name).base_resolution, 1))
 
 
 # --------------------------------------------------------------------------------------------------

@@ -46,7 +46,7 @@ def _macs(name, alpha, groups, resolution):
 
 
 def _params(name, alpha, groups):
-    return cost.count_variables(cost.abstract_variables(_model(name, alpha, groups), 32))
+    return cost.count_variables(mj.abstract_variables(_model(name, alpha, groups), (1, 32, 32, 3)))
 
 
 def _macs_points():
