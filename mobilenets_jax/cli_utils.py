@@ -75,7 +75,7 @@ def cpu_allocator_hint(backend: str, maps_text: Optional[str] = None,
 
     XLA:CPU allocates a training step's scratch buffer (685 MB for MobileNetV1-224 at batch 16) with
     malloc on every call. glibc serves blocks that large with a fresh mmap and unmaps them on free, so each
-    step page-faults all of it in again (~176,000 faults per step); tcmalloc keeps the pages, and so does
+    step page-faults all of it in again (~177,000 faults per step); tcmalloc keeps the pages, and so does
     jemalloc once its decay is off (`malloc_conf`, default $MALLOC_CONF). Measured on the 2-core Xeon,
     batch 16 (README, "Performance"): MobileNetV1-224 training 16 → 22 img/s, MobileNetV2-224 14 → 24.
     """
