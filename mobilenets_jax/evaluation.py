@@ -193,15 +193,17 @@ def trees_equal(a: Any, b: Any) -> bool:
 
 
 def load_variables(manager: ocp.CheckpointManager, step: int, expected: dict, mesh: Mesh,
-                   weights: Optional[str] = None) -> tuple[dict, str]:
+                   weights: Optional[str] = None, saved: Optional[dict] = None) -> tuple[dict, str]:
     """({'params', 'batch_stats'} on `mesh`, 'ema' | 'raw') for `weights` (None: EMA when present).
+
+    `saved` is the checkpoint's `saved_tree` when the caller has read it already (else it is read here).
 
     A checkpoint trained without EMA (config.ema_decay = 0) still stores ema_params, as bitwise copies of
     params; that is how "no EMA" is recognised.
     """
     if weights not in (None, *WEIGHTS):
         raise ValueError(f'--weights={weights!r}; allowed: {", ".join(WEIGHTS)}')
-    saved = saved_tree(manager, step)
+    saved = saved_tree(manager, step) if saved is None else saved
     if weights == 'raw' or 'ema_params' not in saved:
         if weights == 'ema':
             raise ValueError(f'--weights=ema, but the checkpoint at step {step} in {manager.directory} '
@@ -354,7 +356,7 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str, *, step
         check_shapes({'params': saved['params'], 'batch_stats': saved.get('batch_stats', {})}, expected,
                      config, info.num_classes)
         restore_start = time.time()
-        variables, weights = load_variables(manager, step, expected, mesh, weights)
+        variables, weights = load_variables(manager, step, expected, mesh, weights, saved)
         restore_secs = time.time() - restore_start
     finally:
         manager.close()

@@ -102,14 +102,16 @@ def test_auto_resolves_per_backend():
     (1, 12, 4, 1, False, 'same'),                                  # 1×1: matmul / one per group
     (3, 3, 1, 1, True, 'same'), (3, 3, 1, 1, False, 'symmetric'),  # few input channels: im2col
     (5, 4, 1, 1, True, 'symmetric'), (3, 3, 1, 2, True, 'same'), (3, 3, 1, 2, False, 'symmetric'),
-    (3, 12, 1, 1, False, 'same'), (3, 12, 1, 2, True, 'same'),     # lax, kernel gradient as a GEMM
+    (3, 12, 1, 1, False, 'same'), (3, 12, 1, 1, True, 'symmetric'),  # 3×3 stride 1: Winograd (f32)
+    (3, 12, 1, 2, True, 'same'),                                   # lax, kernel gradient as a GEMM
     (3, 12, 1, 2, False, 'symmetric'), (5, 8, 1, 1, True, 'symmetric'),
     (3, 12, 3, 1, True, 'same'),                                   # grouped k×k: plain lax
 ])
 @pytest.mark.parametrize('dtype,tol', [(jnp.float32, F32_TOL), (jnp.bfloat16, BF16_TOL)], ids=['f32', 'bf16'])
 def test_conv2d_equals_nn_conv(kernel_size, in_channels, groups, strides, use_bias, style, dtype, tol):
-    """Conv2D (matmul for 1×1, im2col for convolutions over few input channels, `lax` with a GEMM kernel
-    gradient for other dense ones, `lax` for grouped ones) against `nn.Conv`: values and gradients."""
+    """Conv2D (matmul for 1×1, im2col for convolutions over few input channels, Winograd for float32
+    3×3 stride 1, `lax` with a GEMM kernel gradient for other dense ones, `lax` for grouped ones)
+    against `nn.Conv`: values and gradients."""
     import flax.linen as nn
     x = jnp.asarray(np.random.default_rng(3).standard_normal((2, 7, 6, in_channels)), dtype)
     ours = layers.Conv2D(24, kernel_size, strides, groups, use_bias, padding_style=style, dtype=dtype)
@@ -133,6 +135,44 @@ def test_conv2d_equals_nn_conv(kernel_size, in_channels, groups, strides, use_bi
     for a, e in zip(jax.tree.leaves(vjp(cotangent)), jax.tree.leaves(vjp_ref(cotangent))):
         _assert_close(a, e, tol, 'grad')
 
+
+
+WINOGRAD_PADS = {'same': ((1, 1), (1, 1)), 'valid': ((0, 0), (0, 0)), 'asymmetric': ((0, 1), (1, 0)),
+                 'wide': ((2, 2), (2, 1))}
+
+
+@pytest.mark.parametrize('shape,pads', [
+    pytest.param(shape, pads, id=f'{"x".join(map(str, shape))}-{name}')
+    for shape in [(2, 7, 7, 8), (2, 8, 8, 8), (1, 9, 6, 5), (1, 14, 14, 16), (3, 1, 2, 6)]
+    for name, pads in WINOGRAD_PADS.items()
+    if shape[1] + sum(pads[0]) >= 3 and shape[2] + sum(pads[1]) >= 3])   # at least one output pixel
+def test_winograd_equals_lax(shape, pads):
+    """F(2×2, 3×3) Winograd: values, input and kernel gradients equal `lax` (odd, even, non-square,
+    single-row inputs; partial last tiles; every padding a 3×3 kernel can take)."""
+    rng = np.random.default_rng(5)
+    x = jnp.asarray(rng.standard_normal(shape), jnp.float32)
+    kernel = jnp.asarray(rng.standard_normal((3, 3, shape[-1], 7)), jnp.float32)
+    ref = lambda a, k: layers._lax_conv(a, k, 1, pads)  # noqa: E731
+    cotangent = jnp.asarray(rng.standard_normal(ref(x, kernel).shape), jnp.float32)
+    expected = _value_and_grads(ref, x, kernel, cotangent)
+    actual = jax.jit(lambda a, k, c: _value_and_grads(lambda u, v: layers._winograd_conv(u, v, pads), a, k, c))(
+        x, kernel, cotangent)
+    for what, a, e in zip(('value', 'input grad', 'kernel grad'), actual, expected):
+        _assert_close(a, e, F32_TOL, what)
+
+
+def test_winograd_is_chosen_only_where_measured():
+    """Dense 3×3 stride-1 float32 over > 4 channels on CPU takes Winograd; nothing else does."""
+    same = ((1, 1), (1, 1))
+    x, kernel = jnp.zeros((1, 8, 8, 12)), jnp.zeros((3, 3, 12, 16))
+    applies = layers._winograd_applies
+    assert applies(x, kernel, 1, 1, same) == (jax.default_backend() == 'cpu')
+    assert not applies(x.astype(jnp.bfloat16), kernel.astype(jnp.bfloat16), 1, 1, same)
+    assert not applies(x, kernel, 2, 1, same)
+    assert not applies(x, jnp.zeros((3, 3, 4, 16)), 1, 3, same)
+    assert not applies(x[..., :3], kernel[:, :, :3], 1, 1, same)
+    assert not applies(x, jnp.zeros((5, 5, 12, 16)), 1, 1, ((2, 2), (2, 2)))
+    assert not applies(x, kernel, 1, 1, ((3, 3), (1, 1)))
 
 def test_channel_shuffle_is_transpose():
     x = jnp.arange(2 * 12).reshape(1, 1, 2, 12)
