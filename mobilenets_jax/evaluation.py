@@ -192,6 +192,11 @@ def trees_equal(a: Any, b: Any) -> bool:
         np.array_equal(_local_copy(x), _local_copy(y)) for x, y in zip(leaves_a, leaves_b))
 
 
+def _check_weights(weights: Optional[str]) -> None:
+    if weights not in (None, *WEIGHTS):
+        raise ValueError(f'--weights={weights!r}; allowed: {", ".join(WEIGHTS)}')
+
+
 def load_variables(manager: ocp.CheckpointManager, step: int, expected: dict, mesh: Mesh,
                    weights: Optional[str] = None, saved: Optional[dict] = None) -> tuple[dict, str]:
     """({'params', 'batch_stats'} on `mesh`, 'ema' | 'raw') for `weights` (None: EMA when present).
@@ -201,8 +206,7 @@ def load_variables(manager: ocp.CheckpointManager, step: int, expected: dict, me
     A checkpoint trained without EMA (config.ema_decay = 0) still stores ema_params, as bitwise copies of
     params; that is how "no EMA" is recognised.
     """
-    if weights not in (None, *WEIGHTS):
-        raise ValueError(f'--weights={weights!r}; allowed: {", ".join(WEIGHTS)}')
+    _check_weights(weights)
     saved = saved_tree(manager, step) if saved is None else saved
     if weights == 'raw' or 'ema_params' not in saved:
         if weights == 'ema':
@@ -337,8 +341,7 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str, *, step
     """
     mesh = train_lib.create_mesh() if mesh is None else mesh
     num_devices = mesh.devices.size
-    if weights not in (None, *WEIGHTS):
-        raise ValueError(f'--weights={weights!r}; allowed: {", ".join(WEIGHTS)}')
+    _check_weights(weights)
     _check_batch_size(config, num_devices)
 
     # The checkpoint first: a wrong --workdir or --step is the likeliest mistake, and costs nothing to find.

@@ -136,7 +136,6 @@ def test_conv2d_equals_nn_conv(kernel_size, in_channels, groups, strides, use_bi
         _assert_close(a, e, tol, 'grad')
 
 
-
 WINOGRAD_PADS = {'same': ((1, 1), (1, 1)), 'valid': ((0, 0), (0, 0)), 'asymmetric': ((0, 1), (1, 0)),
                  'wide': ((2, 2), (2, 1))}
 
@@ -169,10 +168,13 @@ def test_winograd_is_chosen_only_where_measured():
     assert applies(x, kernel, 1, 1, same) == (jax.default_backend() == 'cpu')
     assert not applies(x.astype(jnp.bfloat16), kernel.astype(jnp.bfloat16), 1, 1, same)
     assert not applies(x, kernel, 2, 1, same)
-    assert not applies(x, jnp.zeros((3, 3, 4, 16)), 1, 3, same)
+    wide = jnp.zeros((1, 8, 8, 24))                 # grouped: 8 input channels per group, else eligible
+    assert applies(wide, jnp.zeros((3, 3, 24, 16)), 1, 1, same) == (jax.default_backend() == 'cpu')
+    assert not applies(wide, jnp.zeros((3, 3, 8, 16)), 1, 3, same)
     assert not applies(x[..., :3], kernel[:, :, :3], 1, 1, same)
     assert not applies(x, jnp.zeros((5, 5, 12, 16)), 1, 1, ((2, 2), (2, 2)))
     assert not applies(x, kernel, 1, 1, ((3, 3), (1, 1)))
+
 
 def test_channel_shuffle_is_transpose():
     x = jnp.arange(2 * 12).reshape(1, 1, 2, 12)

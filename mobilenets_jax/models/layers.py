@@ -136,7 +136,7 @@ class _ConvKernel(nn.Module):
         elif self.groups == 1:
             y = _dense_conv(x, kernel, self.strides, pads, in_channels <= _IM2COL_MAX_INPUT_CHANNELS)
         else:
-            y = _lax_conv(x, kernel, self.strides, self.padding, self.groups)
+            y = _lax_conv(x, kernel, self.strides, pads, self.groups)
         return y if bias is None else y + bias
 
 
@@ -189,7 +189,6 @@ def _dense_conv_bwd(strides, pads, im2col_forward, residuals, dy):
 _dense_conv.defvjp(_dense_conv_fwd, _dense_conv_bwd)
 
 
-
 # Winograd F(2×2, 3×3) (Lavin & Gray 2016): each 2×2 output tile is Aᵀ[(G g Gᵀ) ⊙ (Bᵀ d B)]A over a
 # 4×4 input tile d, so a stride-1 3×3 convolution becomes 16 GEMMs of (tiles × cin)·(cin × cout):
 # 2.25× fewer multiply-adds than the direct form, plus elementwise tile transforms.
@@ -215,52 +214,51 @@ def _winograd_applies(x, kernel, strides: int, groups: int, pads: tuple) -> bool
             and all(0 <= pad <= 2 for side in pads for pad in side))
 
 
-def _bilinear_terms(left, right, blocks):
-    """out[a][b] = Σ_ij left[a, i] · right[b, j] · blocks[i][j], written out as adds of the blocks.
+def _linear_terms(matrix, blocks):
+    """out[a] = Σ_i matrix[a, i] · blocks[i], written out as adds of the blocks.
 
     The Winograd matrices hold only 0, ±1 and ±½, so each output is a short sum that XLA fuses into
-    one elementwise pass over the activation tiles.
+    one elementwise pass over the activation tiles (no multiplies by ±1, no zero terms).
     """
     out = []
-    for a in range(left.shape[0]):
-        row = []
-        for b in range(right.shape[0]):
-            total = None
-            for i in range(left.shape[1]):
-                for j in range(right.shape[1]):
-                    coefficient = float(left[a, i] * right[b, j])
-                    if coefficient == 0:
-                        continue
-                    block = blocks[i][j]
-                    term = block if coefficient == 1 else -block if coefficient == -1 else block * coefficient
-                    total = term if total is None else total + term
-            row.append(total)
-        out.append(row)
+    for row in np.asarray(matrix):
+        total = None
+        for coefficient, block in zip(row.tolist(), blocks):
+            if coefficient == 0:
+                continue
+            term = block if coefficient == 1 else -block if coefficient == -1 else block * coefficient
+            total = term if total is None else total + term
+        out.append(total)
     return out
 
 
-def _winograd_tiles(height: int, width: int, pads: tuple) -> tuple:
-    """(out_h, out_w, tiles_h, tiles_w) of a stride-1 3×3 convolution over a padded height × width."""
-    out_h, out_w = height + sum(pads[0]) - 2, width + sum(pads[1]) - 2
+def _bilinear_terms(left, right, blocks):
+    """out[a][b] = Σ_ij left[a, i] · right[b, j] · blocks[i][j] (`_linear_terms` with left ⊗ right)."""
+    flat = _linear_terms(np.kron(left, right), [block for row in blocks for block in row])
+    return [flat[a * right.shape[0]:(a + 1) * right.shape[0]] for a in range(left.shape[0])]
+
+
+def _winograd_tiles(x, pads: tuple) -> tuple:
+    """(out_h, out_w, tiles_h, tiles_w) of a stride-1 3×3 convolution over x padded by `pads`."""
+    out_h, out_w = _out_hw(x, (3, 3), 1, pads)
     return out_h, out_w, -(-out_h // 2), -(-out_w // 2)
 
 
 def _winograd_input_transform(x, pads: tuple):
     """Bᵀ d B for every 4×4 input tile d (tiles overlap by 2): (16, n·tiles_h·tiles_w, cin).
 
-    Applied separably, Bᵀ over rows then B over columns, each a sum of two strided slices per
-    output. Written as one pass of 16 four-term sums it ran as fast but took 2–3× as long to compile
-    (0.5 s per use at 56×56×128).
+    Applied separably, Bᵀ over rows then B over columns, each output a sum of two strided slices.
+    Written as 16 four-term sums (stacked as 4 rows of 4, so that XLA:CPU fuses them into one pass) it
+    ran 4% and 15% faster at 16×56×56×128 and 16×14×14×512 (17.1 vs 17.9 ms, 3.6 vs 4.2 ms) but took
+    1.5–2.8× as long to compile (0.51 vs 0.18 s, 0.37 vs 0.24 s per use).
     """
     batch, height, width, channels = x.shape
-    _, _, tiles_h, tiles_w = _winograd_tiles(height, width, pads)
+    _, _, tiles_h, tiles_w = _winograd_tiles(x, pads)
     xp = jnp.pad(x, ((0, 0), (pads[0][0], 2 * tiles_h + 2 - height - pads[0][0]),
                      (pads[1][0], 2 * tiles_w + 2 - width - pads[1][0]), (0, 0)))
-    one = np.ones((1, 1), np.float32)
-    row_taps = [[xp[:, i:i + 2 * tiles_h:2]] for i in range(4)]
-    rows = jnp.stack([terms[0] for terms in _bilinear_terms(_WINOGRAD_BT, one, row_taps)])
-    column_taps = [[rows[:, :, :, j:j + 2 * tiles_w:2] for j in range(4)]]
-    tiles = jnp.stack(_bilinear_terms(one, _WINOGRAD_BT, column_taps)[0], axis=1)   # (4, 4, n, th, tw, c)
+    rows = jnp.stack(_linear_terms(_WINOGRAD_BT, [xp[:, i:i + 2 * tiles_h:2] for i in range(4)]))
+    columns = _linear_terms(_WINOGRAD_BT, [rows[:, :, :, j:j + 2 * tiles_w:2] for j in range(4)])
+    tiles = jnp.stack(columns, axis=1)                                   # (4, 4, n, tiles_h, tiles_w, c)
     return tiles.reshape(16, batch * tiles_h * tiles_w, channels)
 
 
@@ -274,7 +272,7 @@ def _winograd_kernel_transform(kernel, flip: bool = False):
     """G g Gᵀ per (cin, cout) pair: (16, cin, cout); of the spatially flipped kernel when `flip`.
 
     One (16, 9)·(9, cin·cout) matmul: at 3×3×1024×1024 5.6 ms and 0.02 s to compile, against 9.7 ms
-    and 0.35 s as 16 explicit sums.
+    and 0.37 s as 16 explicit sums.
     """
     matrix = jnp.asarray(_winograd_kernel_matrix(flip), kernel.dtype)
     return (matrix @ kernel.reshape(9, -1)).reshape(16, *kernel.shape[2:])
@@ -282,8 +280,8 @@ def _winograd_kernel_transform(kernel, flip: bool = False):
 
 def _winograd_conv_forward(x, transformed_kernel, pads: tuple, kernel_transposed: bool = False):
     """The convolution from a transformed kernel ((16, cin, cout), or (16, cout, cin) if transposed)."""
-    batch, height, width, _ = x.shape
-    out_h, out_w, tiles_h, tiles_w = _winograd_tiles(height, width, pads)
+    batch = x.shape[0]
+    out_h, out_w, tiles_h, tiles_w = _winograd_tiles(x, pads)
     products = jnp.einsum('tpc,tdc->tpd' if kernel_transposed else 'tpc,tcd->tpd',
                           _winograd_input_transform(x, pads), transformed_kernel)
     products = products.reshape(4, 4, batch, tiles_h, tiles_w, -1)
@@ -301,7 +299,8 @@ def _winograd_conv(x, kernel, pads: tuple):
     flipped kernel (read transposed by the GEMMs rather than copied), and the kernel gradient is 16
     GEMMs (Bᵀ d B)ᵀ·(A dy Aᵀ) between the input tiles, recomputed from x, and the output-gradient
     tiles, mapped back by Gᵀ(·)G. Autodiff of the forward pass instead scatters the tile transforms
-    back with overlapping adds (1.5–3× slower at these shapes).
+    back with overlapping adds: forward + both gradients 1.1–2.2× slower at the five shapes listed in
+    `_winograd_applies` (e.g. 418 vs 186 ms at 112²×32→64).
     """
     return _winograd_conv_forward(x, _winograd_kernel_transform(kernel), pads)
 
@@ -312,12 +311,10 @@ def _winograd_conv_fwd(x, kernel, pads):
 
 def _winograd_conv_bwd(pads, residuals, dy):
     x, kernel = residuals
-    height, width = x.shape[1:3]
-    out_h, out_w, tiles_h, tiles_w = _winograd_tiles(height, width, pads)
-    # dx[q] = Σ_i dy[q + pad_lo − i] · kernel[i]: a correlation of dy, padded by 2 − pad_lo in front,
-    # with the flipped kernel, its in/out channels swapped.
-    dy_pads = ((2 - pads[0][0], height - out_h + pads[0][0]), (2 - pads[1][0], width - out_w + pads[1][0]))
-    dx = _winograd_conv_forward(dy, _winograd_kernel_transform(kernel, flip=True), dy_pads,
+    out_h, out_w, tiles_h, tiles_w = _winograd_tiles(x, pads)
+    # The input gradient: dy correlated with the flipped kernel, its in/out channels swapped.
+    dx = _winograd_conv_forward(dy, _winograd_kernel_transform(kernel, flip=True),
+                                _input_gradient_pads((3, 3), pads, x.shape[1:3], (out_h, out_w)),
                                 kernel_transposed=True)
     # Transpose of the output transform: A (dy tile) Aᵀ for each 2×2 output-gradient tile.
     dyp = jnp.pad(dy, ((0, 0), (0, 2 * tiles_h - out_h), (0, 2 * tiles_w - out_w), (0, 0)))
@@ -332,6 +329,7 @@ def _winograd_conv_bwd(pads, residuals, dy):
 
 
 _winograd_conv.defvjp(_winograd_conv_fwd, _winograd_conv_bwd)
+
 
 @jax.custom_vjp
 def _dense_pointwise(x, w):
@@ -454,6 +452,15 @@ def _tap_sum(x, kernel, strides: int, out_hw: tuple, flip: bool = False):
         term = tap.astype(acc) * weight.astype(acc)
         result = term if result is None else result + term
     return result.astype(x.dtype)
+
+
+def _input_gradient_pads(kernel_hw: tuple, pads: tuple, input_hw: tuple, out_hw: tuple) -> tuple:
+    """Padding of dy that turns a stride-1 convolution's input gradient into a plain correlation.
+
+    dx[q] = Σ_i dy[q + pad_lo − i] · k[i], so dy is padded by k − 1 − pad_lo in front and up to
+    input + k − 1 rows in all (a negative pad crops) and correlated with the flipped kernel.
+    """
+    return tuple((k - 1 - lo, size - out + lo) for k, (lo, _), size, out in zip(kernel_hw, pads, input_hw, out_hw))
 
 
 def _out_hw(x, kernel_hw: tuple, strides: int, pads: tuple) -> tuple:
@@ -588,11 +595,8 @@ def _shifted_depthwise_vjp_bwd(strides, pads, residuals, dy):
     width = xp.shape[2] - pads[1][0] - pads[1][1]
     out_h, out_w = dy.shape[1], dy.shape[2]
     if strides == 1:
-        # Input gradient: dxp[p] = sum_i dy[p - i] k[i] in padded coordinates, and dx[q] = dxp[q + pad_lo],
-        # so pad dy by (k-1-pad_lo) in front and up to height + k - 1 rows (negative pads crop).
-        lo_h, lo_w = kh - 1 - pads[0][0], kw - 1 - pads[1][0]
-        dyp = _materialized_pad(dy, ((0, 0, 0), (lo_h, height - out_h + pads[0][0], 0),
-                                     (lo_w, width - out_w + pads[1][0], 0), (0, 0, 0)))
+        pad_h, pad_w = _input_gradient_pads((kh, kw), pads, (height, width), (out_h, out_w))
+        dyp = _materialized_pad(dy, ((0, 0, 0), (*pad_h, 0), (*pad_w, 0), (0, 0, 0)))
         dx = _tap_sum(dyp, kernel, 1, (height, width), flip=True)
     elif height * width >= _POLYPHASE_MIN_INPUT_SIZE:
         dx = _strided_depthwise_input_grad(dy, kernel, strides, pads, (height, width))
