@@ -22,6 +22,7 @@ class ZooModel(nn.Module):
       padding_style: 'same' (TensorFlow, default) or 'symmetric' (PyTorch k//2).
       depthwise_impl: how depthwise convolutions are computed: 'auto' (shifted taps on CPU, XLA's grouped
         convolution elsewhere), 'xla', 'shifted' or 'shifted_autodiff'; all share the same parameters.
+        ShuffleNet's max and average pools follow it ('xla': `lax.reduce_window`; otherwise shifted taps).
       bn_momentum, bn_epsilon: BatchNorm running-average momentum and epsilon (TensorFlow defaults).
       bn_axis_name: mesh axis over which batch statistics are averaged in train mode
         (None: per-device statistics, as in the reference TPU recipe).

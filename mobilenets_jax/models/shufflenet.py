@@ -48,7 +48,8 @@ class ShuffleV1Unit(nn.Module):
     """1×1 group conv–BN–ReLU, channel shuffle, 3×3 depthwise (stride)–BN, 1×1 group conv–BN.
 
     Stride 1: add the input, then ReLU. Stride 2: concatenate a 3×3/s2 average-pooled shortcut, so the
-    branch produces only `features - input channels`.
+    branch produces only `features - input channels`. The pool is computed like the depthwise
+    convolutions (`depthwise_impl`, see `layers.avg_pool`).
     """
     features: int
     strides: int
@@ -58,6 +59,7 @@ class ShuffleV1Unit(nn.Module):
     depthwise: ModuleDef
     norm: ModuleDef
     padding_style: str = 'same'
+    depthwise_impl: str = 'auto'
 
     @nn.compact
     def __call__(self, x):
@@ -73,7 +75,7 @@ class ShuffleV1Unit(nn.Module):
         y = self.norm(name='expand_bn')(y)
         if self.strides == 1:
             return nn.relu(y + x)
-        shortcut = nn.avg_pool(x, (3, 3), (2, 2), padding=_pool_padding(self.padding_style))
+        shortcut = layers.avg_pool(x, 3, 2, _pool_padding(self.padding_style), self.depthwise_impl)
         return jnp.concatenate([shortcut, nn.relu(y)], axis=-1)
 
 
@@ -82,8 +84,8 @@ class ShuffleNetV1(ZooModel):
 
     Stage widths are `make_divisible(c × α, 4g)` — each unit's bottleneck (a quarter of the width)
     must split into g groups; at 1×, 1.5× and 2× this reproduces the published widths exactly. The
-    stem is `make_divisible(max(24α, 12), g)` (24 at 1×, 12 at 0.5× as in the authors' release). The first 1×1 conv of stage 2 is not grouped: its
-    input has only 24 channels.
+    stem is `make_divisible(max(24α, 12), g)` (24 at 1×, 12 at 0.5× as in the authors' release). The
+    first 1×1 conv of stage 2 is not grouped: its input has only 24 channels.
     """
     groups: int = 3
     dropout_rate: float = 0.0
@@ -96,14 +98,15 @@ class ShuffleNetV1(ZooModel):
         stem = layers.make_divisible(max(SHUFFLENET_STEM * self.alpha, SHUFFLENET_V1_MIN_STEM), g)
         x = conv(stem, kernel_size=3, strides=2, name='stem')(x)
         x = nn.relu(norm(name='stem_bn')(x))
-        x = nn.max_pool(x, (3, 3), (2, 2), padding=_pool_padding(self.padding_style))
+        x = layers.max_pool(x, 3, 2, _pool_padding(self.padding_style), self.depthwise_impl)
         for stage, (channels, repeats) in enumerate(zip(SHUFFLENET_V1_CHANNELS[g], SHUFFLENET_STAGE_REPEATS)):
             features = layers.make_divisible(channels * self.alpha, 4 * g)
             for repeat in range(repeats):
                 x = ShuffleV1Unit(
                     features=features, strides=2 if repeat == 0 else 1, groups=g,
                     first_conv_groups=1 if (stage == 0 and repeat == 0) else g, conv=conv, depthwise=depthwise,
-                    norm=norm, padding_style=self.padding_style, name=f'stage{stage + 2}_unit{repeat + 1}')(x)
+                    norm=norm, padding_style=self.padding_style, depthwise_impl=self.depthwise_impl,
+                    name=f'stage{stage + 2}_unit{repeat + 1}')(x)
         # The authors' released ShuffleNetV1 (megvii ShuffleNet-Series) has no classifier bias; its
         # published parameter counts depend on that.
         return self.head(x, train, use_bias=False)
@@ -148,7 +151,7 @@ class ShuffleNetV2(ZooModel):
         *stage_channels, last_channels = SHUFFLENET_V2_CHANNELS[float(self.alpha)]
         x = conv(SHUFFLENET_STEM, kernel_size=3, strides=2, name='stem')(x)
         x = nn.relu(norm(name='stem_bn')(x))
-        x = nn.max_pool(x, (3, 3), (2, 2), padding=_pool_padding(self.padding_style))
+        x = layers.max_pool(x, 3, 2, _pool_padding(self.padding_style), self.depthwise_impl)
         for stage, (features, repeats) in enumerate(zip(stage_channels, SHUFFLENET_STAGE_REPEATS)):
             for repeat in range(repeats):
                 x = ShuffleV2Unit(features, 2 if repeat == 0 else 1, conv, depthwise, norm,
