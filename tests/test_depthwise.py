@@ -140,6 +140,25 @@ WINOGRAD_PADS = {'same': ((1, 1), (1, 1)), 'valid': ((0, 0), (0, 0)), 'asymmetri
                  'wide': ((2, 2), (2, 1))}
 
 
+@pytest.mark.parametrize('kernel_size,strides', [(1, 1), (3, 1), (3, 2), (5, 2), (3, 3), (2, 2), (7, 2)])
+def test_im2col_patches_are_the_taps_concatenated(kernel_size, strides):
+    """The block-wise patches equal the k² shifted taps concatenated in the kernel's (i, j, c) order,
+    exactly, on odd/even/non-square inputs with same, symmetric and asymmetric paddings."""
+    rng = np.random.default_rng(0)
+    k = kernel_size
+    for height, width in SIZES + [(11, 4)]:
+        x = jnp.asarray(rng.standard_normal((2, height, width, 3)), jnp.float32)
+        for padding in ('SAME', ((k // 2, k // 2),) * 2, ((0, 1), (2, 0))):
+            pads = layers.explicit_padding(height, width, (k, k), strides, padding)
+            out_hw = layers._out_hw(x, (k, k), strides, pads)
+            if min(out_hw) < 1:
+                continue
+            xp = jnp.pad(x, ((0, 0), pads[0], pads[1], (0, 0)))
+            expected = jnp.concatenate([tap for _, tap in layers._taps(xp, (k, k), strides, out_hw)], axis=-1)
+            np.testing.assert_array_equal(layers._im2col_patches(x, (k, k), strides, pads), expected,
+                                          f'{height}x{width} k{k} s{strides} {padding}')
+
+
 @pytest.mark.parametrize('shape,pads', [
     pytest.param(shape, pads, id=f'{"x".join(map(str, shape))}-{name}')
     for shape in [(2, 7, 7, 8), (2, 8, 8, 8), (1, 9, 6, 5), (1, 14, 14, 16), (3, 1, 2, 6)]
