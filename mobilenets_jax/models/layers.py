@@ -1,4 +1,4 @@
-"""Building blocks shared by every family: padding, conv, depthwise conv, SE, activations, shuffle.
+"""Building blocks shared by every family: padding, conv, depthwise conv, pools, SE, activations, shuffle.
 
 Every convolution in the zoo goes through `Conv2D` (dense or grouped) or `DepthwiseConv2D` so that
 padding style, dtypes and the depthwise implementation are decided in one place. Depthwise layers are
