@@ -151,15 +151,16 @@ def _im2col_patches(x, kernel_hw: tuple, strides: int, pads: tuple):
     Each padded row is read as blocks of `strides` adjacent pixels: output column w needs pixels
     s·w … s·w + kw − 1, which are block w and the first pixels of the next ones, so a kernel row is
     ⌈kw/s⌉ contiguous pieces instead of kw pieces of cin values. For the 3×3/s2 stems (cin 3: pieces of 6
-    and 3 values instead of three of 3) the patches of 16×224×224×3 took 4.6 ms instead of 9.6 ms
-    (2-core Xeon; identical values). At stride 1 this is the plain concatenation of the k² taps.
+    and 3 values instead of three of 3) the patches of 16×224×224×3 took 4.5–4.8 ms instead of 6.0–6.5 ms
+    (2-core Xeon, both forms round-robin in one process, three runs; identical values). At stride 1 this
+    is the plain concatenation of the k² taps.
     """
     kh, kw = kernel_hw
     out_h, out_w = _out_hw(x, kernel_hw, strides, pads)
     blocks_per_row = out_w + (kw - 1) // strides
     # Pad (or crop: a negative pad) the right edge to whole blocks; the extra columns are never read.
     right = blocks_per_row * strides - x.shape[2] - pads[1][0]
-    xp = jax.lax.pad(x, jnp.zeros((), x.dtype), ((0, 0, 0), (*pads[0], 0), (pads[1][0], right, 0), (0, 0, 0)))
+    xp = _pad_hw(x, (pads[0], (pads[1][0], right)))
     batch, rows, _, channels = xp.shape
     blocks = xp.reshape(batch, rows, blocks_per_row, strides * channels)
     pieces = []
@@ -491,10 +492,9 @@ def _out_hw(x, kernel_hw: tuple, strides: int, pads: tuple) -> tuple:
 
 
 def _shifted_depthwise_forward(x, kernel, strides: int, pads: tuple, materialize_pad: bool = False):
-    """Returns (the k² shifted multiply-adds over padded x, padded x); see `_materialized_pad`."""
+    """Returns (the k² shifted multiply-adds over padded x, padded x); see `_pad_hw`."""
     out_hw = _out_hw(x, kernel.shape[:2], strides, pads)
-    lax_pads = ((0, 0, 0), (*pads[0], 0), (*pads[1], 0), (0, 0, 0))
-    xp = _materialized_pad(x, lax_pads) if materialize_pad else jax.lax.pad(x, jnp.zeros((), x.dtype), lax_pads)
+    xp = _pad_hw(x, pads, materialize=materialize_pad)
     return _tap_sum(xp, kernel, strides, out_hw), xp
 
 
@@ -504,14 +504,17 @@ def _shifted_depthwise_autodiff(x, kernel, strides: int, padding):
     return _shifted_depthwise_forward(x, kernel, strides, pads)[0]
 
 
-def _materialized_pad(x, pads, value=0):
-    """`lax.pad` whose result is written out once rather than fused into each of the k² tap slices.
+def _pad_hw(x, pads: tuple, value=0, materialize: bool = False):
+    """NHWC x padded on its two spatial axes by pads = ((top, bottom), (left, right)) with `value`
+    (a negative pad crops).
 
-    Fused, every tap re-evaluates "inside the border?" per element and XLA:CPU's loop stops
-    vectorizing: the 3×3 forward at 64×32×32×32 measured 4.8 ms fused and 2.3 ms from a
-    materialized pad (16×56×56×128: 13.5 vs 5.3 ms). The barrier only stops the fusion.
+    `materialize` writes the padded array out once rather than letting XLA fuse the pad into each of
+    the k² tap slices that read it. Fused, every tap re-evaluates "inside the border?" per element and
+    XLA:CPU's loop stops vectorizing: the 3×3 forward at 64×32×32×32 measured 4.8 ms fused and 2.3 ms
+    from a materialized pad (16×56×56×128: 13.5 vs 5.3 ms). The barrier only stops the fusion.
     """
-    return jax.lax.optimization_barrier(jax.lax.pad(x, jnp.asarray(value, x.dtype), pads))
+    xp = jax.lax.pad(x, jnp.asarray(value, x.dtype), ((0, 0, 0), (*pads[0], 0), (*pads[1], 0), (0, 0, 0)))
+    return jax.lax.optimization_barrier(xp) if materialize else xp
 
 
 def _depthwise_kernel_grad(xp, dy, kernel_hw: tuple, strides: int):
@@ -570,9 +573,8 @@ def _polyphase_transpose(sources, pad_values, tap_term, kernel_hw: tuple, stride
     padded_h, padded_w = height + sum(pads[0]), width + sum(pads[1])
     rows_per_phase, cols_per_phase = -(-padded_h // strides), -(-padded_w // strides)
     lead_h, lead_w = (kh - 1) // strides, (kw - 1) // strides
-    padded_sources = [_materialized_pad(source, ((0, 0, 0), (lead_h, rows_per_phase - out_h, 0),
-                                                 (lead_w, cols_per_phase - out_w, 0), (0, 0, 0)), value)
-                      for source, value in zip(sources, pad_values)]
+    padded_sources = [_pad_hw(source, ((lead_h, rows_per_phase - out_h), (lead_w, cols_per_phase - out_w)),
+                              value, materialize=True) for source, value in zip(sources, pad_values)]
     phase_rows = []
     for r_h in range(strides):
         phase_cols = []
@@ -631,8 +633,7 @@ def _shifted_depthwise_vjp_bwd(strides, pads, residuals, dy):
     width = xp.shape[2] - pads[1][0] - pads[1][1]
     out_h, out_w = dy.shape[1], dy.shape[2]
     if strides == 1:
-        pad_h, pad_w = _input_gradient_pads((kh, kw), pads, (height, width), (out_h, out_w))
-        dyp = _materialized_pad(dy, ((0, 0, 0), (*pad_h, 0), (*pad_w, 0), (0, 0, 0)))
+        dyp = _pad_hw(dy, _input_gradient_pads((kh, kw), pads, (height, width), (out_h, out_w)), materialize=True)
         dx = _tap_sum(dyp, kernel, 1, (height, width), flip=True)
     elif height * width >= _POLYPHASE_MIN_INPUT_SIZE:
         dx = _strided_depthwise_input_grad(dy, kernel, strides, pads, (height, width))
@@ -762,8 +763,7 @@ def _shifted_max_pool(x, window: int, strides: int, pads: tuple, input_hw: tuple
 
 def _shifted_max_pool_fwd(x, window, strides, pads, input_hw):
     out_hw = _out_hw(x, (window, window), strides, pads)
-    xp = jax.lax.pad(x, jnp.asarray(-jnp.inf, x.dtype), ((0, 0, 0), (*pads[0], 0), (*pads[1], 0), (0, 0, 0)))
-    y, index = _first_max_taps(xp, window, strides, out_hw)
+    y, index = _first_max_taps(_pad_hw(x, pads, -jnp.inf), window, strides, out_hw)
     # The first-maximum index (int8, a quarter of y) is all the backward pass needs of the forward.
     return y, index
 
@@ -783,10 +783,9 @@ def _shifted_avg_pool(x, window: int, strides: int, pads: tuple):
     """Sum of the k² shifted taps over zero-padded x, divided by k² (padding counted, as in Flax and
     PyTorch's default `count_include_pad`); autodiff of it is already a few fused slices and pads."""
     out_hw = _out_hw(x, (window, window), strides, pads)
-    xp = jax.lax.pad(x, jnp.zeros((), x.dtype), ((0, 0, 0), (*pads[0], 0), (*pads[1], 0), (0, 0, 0)))
     acc = _accumulation_dtype(x.dtype)
     total = None
-    for _, tap in _taps(xp, (window, window), strides, out_hw):
+    for _, tap in _taps(_pad_hw(x, pads), (window, window), strides, out_hw):
         total = tap.astype(acc) if total is None else total + tap.astype(acc)
     return (total / (window * window)).astype(x.dtype)
 
