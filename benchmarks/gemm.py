@@ -3,8 +3,8 @@
     python benchmarks/gemm.py [--repeats=15] [--no_torch]
 
 Each shape (M, K, N) is a pointwise layer at batch 16: M = 16·H·W positions, K input and N output channels.
-The contenders run round-robin in one process, each turn one untimed settle call, then one timed call
-(as `throughput.py`); the median is reported. This is the ceiling that the 224 models' training and
+The contenders run round-robin in one process, each turn `--settle_s` seconds of untimed settle calls,
+then one timed call (as `throughput.py`); the median is reported. This is the ceiling that the 224 models' training and
 inference ratios against PyTorch run into (README, "Performance"). Prints a table and one JSON line per
 shape (prefix `JSON `).
 """
@@ -44,6 +44,8 @@ def main(argv=None):
     parser.add_argument('--repeats', type=int, default=15)
     parser.add_argument('--shapes', type=_shapes, default=SHAPES,
                         help='M,K,N triples separated by ";" (default: MobileNetV1-224\'s pointwise layers)')
+    parser.add_argument('--settle_s', type=float, default=0.2,
+                        help='untimed calls for this many seconds before each timed call (throughput.py\'s)')
     parser.add_argument('--no_torch', action='store_true')
     args = parser.parse_args(argv)
     torch = None
@@ -66,7 +68,8 @@ def main(argv=None):
             a_torch, b_torch = torch.from_numpy(a), torch.from_numpy(b)
             runners['torch'] = lambda: torch.mm(a_torch, b_torch)
         # _interleaved_rates reports batch_size / seconds: with 2·M·K·N / 1e9 as the "batch", GFLOP/s.
-        rates = _interleaved_rates(runners, 2 * m * k * n / 1e9, warmup=3, repeats=args.repeats)
+        rates = _interleaved_rates(runners, 2 * m * k * n / 1e9, warmup=3, repeats=args.repeats,
+                                   settle_s=args.settle_s)
         row = dict(m=m, k=k, n=n, gflops=rates)
         line = f'{f"{m} x {k} x {n}":>22s} {rates["jax"]:12.0f}'
         if torch:

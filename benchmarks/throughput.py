@@ -5,7 +5,8 @@
 For each model and each `--impls` entry: the compile time of the JAX train step (forward, backward,
 TF-RMSprop from `mobilenets_jax.optim.create_optimizer`, BatchNorm statistics update), then train and
 inference images/sec as the median of `--repeats` synchronized timings after `--warmup` calls (each timed
-call preceded by `--settle` untimed ones, see `_interleaved_rates`). When
+call preceded by at least `--settle` untimed ones and `--settle_s` seconds of them, see
+`_interleaved_rates`). When
 `import torch` works (and not `--no_torch`), the same network (`benchmarks/torch_models.py`, same
 parameter count, checked) with `torch.optim.RMSprop(alpha=0.9, momentum=0.9, eps=1.0)` is timed in the
 same run, NCHW and/or channels-last. Inputs are synthetic arrays already in memory: these numbers
@@ -32,15 +33,18 @@ from mobilenets_jax import cli_utils, cost, optim  # noqa: E402
 from mobilenets_jax.models import layers  # noqa: E402
 
 
-def _interleaved_rates(runners, batch_size, warmup, repeats, settle=1):
+def _interleaved_rates(runners, batch_size, warmup, repeats, settle=1, settle_s=0.0):
     """Median images/sec of each runner, timed round-robin so that load from other processes on the
     machine hits every contender alike (sequential blocks would turn load swings into fake ratios).
 
-    Each turn first makes `settle` untimed calls: the first call after another framework's runs pays for
-    that framework's still-spinning worker threads and for the caches it evicted. Timed alone, those calls
-    misstate steady-state rates. In one measurement (tcmalloc, cifar_mobilenet_v2 batch-64 inference),
+    Each turn first makes untimed "settle" calls: at least `settle` of them, and more until `settle_s`
+    seconds have passed. The first calls after another framework's runs pay for that framework's
+    still-spinning worker threads (PyTorch's OpenMP threads spin-wait after each parallel region) and
+    for the caches it evicted. In one measurement (tcmalloc, cifar_mobilenet_v2 batch-64 inference),
     JAX ran at 4,780 img/s on the first call of a turn and 6,736 on the next ones, PyTorch at 4,277
-    and 5,487.
+    and 5,487. One settle call is not enough for calls of a few milliseconds: cifar_mobilenet_v2
+    batch-16 inference (3.7 ms a call) ran at 2,778 img/s after one settle call and at 4,277 after
+    0.05 s of them, its rate when timed alone (4,248); PyTorch's changed less (3,146 → 3,274; alone 3,115).
     """
     for fn in runners.values():
         for _ in range(warmup):
@@ -48,7 +52,10 @@ def _interleaved_rates(runners, batch_size, warmup, repeats, settle=1):
     times = {key: [] for key in runners}
     for _ in range(repeats):
         for key, fn in runners.items():
+            settle_end = time.perf_counter() + settle_s
             for _ in range(settle):
+                fn()
+            while time.perf_counter() < settle_end:
                 fn()
             start = time.perf_counter()
             fn()
@@ -152,6 +159,8 @@ def main(argv=None):
     parser.add_argument('--repeats', type=int, default=5)
     parser.add_argument('--settle', type=int, default=1,
                         help='untimed calls at the start of each round-robin turn (see _interleaved_rates)')
+    parser.add_argument('--settle_s', type=float, default=0.2,
+                        help='keep making untimed calls until this many seconds of the turn have passed')
     parser.add_argument('--no_torch', action='store_true')
     parser.add_argument('--torch_layouts', default='nchw,channels_last')
     parser.add_argument('--compile_only', action='store_true',
@@ -195,7 +204,8 @@ def main(argv=None):
                     'PyTorch mirror has a different parameter count'
         for mode in ('train', 'infer'):
             runners = {(fw, key): r[mode] for fw in ('jax', 'torch') for key, r in result[fw].items()}
-            rates = _interleaved_rates(runners, args.batch_size, args.warmup, args.repeats, args.settle)
+            rates = _interleaved_rates(runners, args.batch_size, args.warmup, args.repeats, args.settle,
+                                        args.settle_s)
             for (fw, key), rate in rates.items():
                 result[fw][key][mode] = rate
         best_jax = {k: max(r[k] for r in result['jax'].values()) for k in ('train', 'infer')}

@@ -60,6 +60,12 @@ def test_contenders_are_timed_round_robin():
     calls.clear()
     throughput._interleaved_rates({'fast': runner('fast', 0.002)}, batch_size=4, warmup=0, repeats=2, settle=0)
     assert calls == ['fast', 'fast']
+    # A settle time adds untimed calls until it has passed: 0.05 s of calls of at least 2 ms is at most
+    # 25 settle calls and the timed one per turn (more than 10 unless sleep overshoots 2.5x).
+    calls.clear()
+    throughput._interleaved_rates({'steady': lambda: (calls.append('steady'), time.sleep(0.002))}, batch_size=4,
+                                  warmup=0, repeats=2, settle=1, settle_s=0.05)
+    assert 2 * 10 < len(calls) <= 2 * 26
 
 
 def test_gemm_benchmark_reports_gflops():
