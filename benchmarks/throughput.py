@@ -11,7 +11,9 @@ call preceded by at least `--settle` untimed ones and `--settle_s` seconds of th
 parameter count, checked) with `torch.optim.RMSprop(alpha=0.9, momentum=0.9, eps=1.0)` is timed in the
 same run, NCHW and/or channels-last. Inputs are synthetic arrays already in memory: these numbers
 exclude the input pipeline. Prints a table and one JSON line per model (prefix `JSON `); the header
-and every JSON line name the malloc in use (on CPU, preload tcmalloc: README, "Performance").
+and every JSON line name the malloc in use (on CPU, preload tcmalloc: README, "Performance"). Each row
+also gives the share of CPU time the hypervisor stole while it was timed (Linux's /proc/stat), with a
+warning above 3%: on a shared VM such a row is not a measurement of the code.
 """
 from __future__ import annotations
 
@@ -61,6 +63,35 @@ def _interleaved_rates(runners, batch_size, warmup, repeats, settle=1, settle_s=
             fn()
             times[key].append(time.perf_counter() - start)
     return {key: batch_size / statistics.median(t) for key, t in times.items()}
+
+
+def cpu_times(stat_path='/proc/stat'):
+    """(steal, total) jiffies of all CPUs from Linux's /proc/stat, or None where there is no such file.
+
+    Steal is time the hypervisor gave this VM's virtual CPUs to someone else. On a shared cloud host it
+    comes and goes, and a timing taken while it is high says little (README, "Performance").
+    """
+    try:
+        with open(stat_path) as stat:
+            fields = stat.readline().split()
+    except OSError:
+        return None
+    if not fields or fields[0] != 'cpu' or len(fields) < 9:
+        return None
+    jiffies = [int(v) for v in fields[1:]]
+    # user nice system idle iowait irq softirq steal [guest guest_nice]: guest time is already in user.
+    return jiffies[7], sum(jiffies[:8])
+
+
+def steal_fraction(before, after):
+    """The share of CPU time stolen between two `cpu_times()` readings (None if either is missing)."""
+    if before is None or after is None or after[1] <= before[1]:
+        return None
+    return (after[0] - before[0]) / (after[1] - before[1])
+
+
+# Rows timed while the hypervisor stole more than this share of the CPUs get a warning.
+STEAL_WARNING = 0.03
 
 
 def jax_benchmark(name, impl, args, num_classes, groups, size, compile_only=False):
@@ -184,7 +215,7 @@ def main(argv=None):
           f'allocator: {allocator}')
     header = (f'{"model":22s} {"res":>4s} ' + ' '.join(f'{i + " tr/inf/comp":>28s}' for i in impls)
               + ('  torch ' + ' '.join(f'{l + " tr/inf":>22s}' for l in args.torch_layouts.split(','))
-                 if torch_version else '') + '  ratio(best jax/best torch) tr, inf')
+                 if torch_version else '') + '  ratio(best jax/best torch) tr, inf  steal')
     print(header, flush=True)
     rows = []
     for name in args.models.split(','):
@@ -202,12 +233,14 @@ def main(argv=None):
                 result['torch'][layout] = torch_benchmark(name, args, num_classes, groups, layout == 'channels_last', size)
                 assert result['torch'][layout]['params'] == next(iter(result['jax'].values()))['params'], \
                     'PyTorch mirror has a different parameter count'
+        timing_start = cpu_times()
         for mode in ('train', 'infer'):
             runners = {(fw, key): r[mode] for fw in ('jax', 'torch') for key, r in result[fw].items()}
             rates = _interleaved_rates(runners, args.batch_size, args.warmup, args.repeats, args.settle,
                                         args.settle_s)
             for (fw, key), rate in rates.items():
                 result[fw][key][mode] = rate
+        result['steal'] = steal_fraction(timing_start, cpu_times())
         best_jax = {k: max(r[k] for r in result['jax'].values()) for k in ('train', 'infer')}
         line = f'{name:22s} {size:4d} ' + ' '.join(
             f'{r["train"]:8.2f}/{r["infer"]:8.2f}/{r["compile_s"]:5.1f}s'.rjust(28) for r in result['jax'].values())
@@ -218,7 +251,12 @@ def main(argv=None):
                 result['ratio_auto'] = {k: result['jax'][auto][k] / best_torch[k] for k in ('train', 'infer')}
             line += '  ' + ' '.join(f'{r["train"]:10.2f}/{r["infer"]:10.2f}' for r in result['torch'].values())
             line += f'  {result["ratio"]["train"]:5.2f}x {result["ratio"]["infer"]:5.2f}x'
+        if result['steal'] is not None:
+            line += f'  steal {100 * result["steal"]:.0f}%'
         print(line, flush=True)
+        if result['steal'] is not None and result['steal'] > STEAL_WARNING:
+            print(f'# warning: the hypervisor took {100 * result["steal"]:.0f}% of the CPU time while {name} was '
+                  'timed (steal in /proc/stat); its rates and ratios are unreliable, run it again', flush=True)
         print('JSON ' + json.dumps(result), flush=True)
         rows.append(result)
     return rows
