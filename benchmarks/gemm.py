@@ -4,14 +4,13 @@
 
 Each shape (M, K, N) is a pointwise layer at batch 16: M = 16·H·W positions, K input and N output channels.
 The contenders run round-robin in one process, each turn `--settle_s` seconds of untimed settle calls,
-then one timed call (as `throughput.py`); the median is reported. This is the ceiling that the 224 models' training and
-inference ratios against PyTorch run into (README, "Performance"). Prints a table and one JSON line per
-shape (prefix `JSON `).
+then one timed call (as `throughput.py`); the median is reported. This is the ceiling that the 224 models'
+training and inference ratios against PyTorch run into (README, "Performance"). Prints a table and one
+JSON line per shape (prefix `JSON `), each with the hypervisor's steal share while it was timed.
 """
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 
@@ -21,7 +20,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from benchmarks.throughput import _interleaved_rates  # noqa: E402
+from benchmarks.throughput import _interleaved_rates, cpu_times, print_row, steal_fraction  # noqa: E402
 from mobilenets_jax import cli_utils  # noqa: E402
 
 # (M, K, N) of MobileNetV1-224's pointwise layers at batch 16: blocks 1, 3/4, 5/6, 7-11, 13.
@@ -68,15 +67,15 @@ def main(argv=None):
             a_torch, b_torch = torch.from_numpy(a), torch.from_numpy(b)
             runners['torch'] = lambda: torch.mm(a_torch, b_torch)
         # _interleaved_rates reports batch_size / seconds: with 2·M·K·N / 1e9 as the "batch", GFLOP/s.
+        timing_start = cpu_times()
         rates = _interleaved_rates(runners, 2 * m * k * n / 1e9, warmup=3, repeats=args.repeats,
                                    settle_s=args.settle_s)
-        row = dict(m=m, k=k, n=n, gflops=rates)
+        row = dict(m=m, k=k, n=n, gflops=rates, steal=steal_fraction(timing_start, cpu_times()))
         line = f'{f"{m} x {k} x {n}":>22s} {rates["jax"]:12.0f}'
         if torch:
             row['ratio'] = rates['jax'] / rates['torch']
             line += f' {rates["torch"]:14.0f} {row["ratio"]:9.2f}x'
-        print(line, flush=True)
-        print('JSON ' + json.dumps(row), flush=True)
+        print_row(line, row, f'{m} x {k} x {n}')
         rows.append(row)
     return rows
 

@@ -94,6 +94,18 @@ def steal_fraction(before, after):
 STEAL_WARNING = 0.03
 
 
+def print_row(line, row, what):
+    """Prints a table line (with `row['steal']` appended), a warning if that steal is high, and the JSON line."""
+    steal = row.get('steal')
+    if steal is not None:
+        line += f'  steal {100 * steal:.0f}%'
+    print(line, flush=True)
+    if steal is not None and steal > STEAL_WARNING:
+        print(f'# warning: the hypervisor took {100 * steal:.0f}% of the CPU time while {what} was timed (steal in '
+              '/proc/stat); its rates and ratios are unreliable, run it again', flush=True)
+    print('JSON ' + json.dumps(row), flush=True)
+
+
 def jax_benchmark(name, impl, args, num_classes, groups, size, compile_only=False):
     model = mj.create_model(name, num_classes=num_classes, alpha=args.alpha, groups=groups, dtype=args.dtype,
                             depthwise_impl=impl)
@@ -251,13 +263,7 @@ def main(argv=None):
                 result['ratio_auto'] = {k: result['jax'][auto][k] / best_torch[k] for k in ('train', 'infer')}
             line += '  ' + ' '.join(f'{r["train"]:10.2f}/{r["infer"]:10.2f}' for r in result['torch'].values())
             line += f'  {result["ratio"]["train"]:5.2f}x {result["ratio"]["infer"]:5.2f}x'
-        if result['steal'] is not None:
-            line += f'  steal {100 * result["steal"]:.0f}%'
-        print(line, flush=True)
-        if result['steal'] is not None and result['steal'] > STEAL_WARNING:
-            print(f'# warning: the hypervisor took {100 * result["steal"]:.0f}% of the CPU time while {name} was '
-                  'timed (steal in /proc/stat); its rates and ratios are unreliable, run it again', flush=True)
-        print('JSON ' + json.dumps(result), flush=True)
+        print_row(line, result, name)
         rows.append(result)
     return rows
 

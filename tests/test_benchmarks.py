@@ -52,6 +52,17 @@ def test_steal_is_read_from_proc_stat(tmp_path):
     assert throughput.cpu_times(str(stat)) is None
 
 
+def test_rows_timed_under_steal_carry_a_warning(capsys):
+    throughput.print_row('calm', {'steal': 0.01}, 'calm row')
+    throughput.print_row('stolen', {'steal': 0.2}, 'stolen row')
+    throughput.print_row('unknown', {'steal': None}, 'row off Linux')
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == 'calm  steal 1%' and lines[1].startswith('JSON ')
+    assert lines[2] == 'stolen  steal 20%' and '20%' in lines[3] and 'stolen row' in lines[3]
+    assert lines[3].startswith('# warning') and lines[4] == 'JSON {"steal": 0.2}'
+    assert lines[5] == 'unknown' and lines[6] == 'JSON {"steal": null}' and len(lines) == 7
+
+
 def test_contenders_are_timed_round_robin():
     """Warm-up first, then each contender in turn: `settle` untimed calls, then one timed call, so load
     swings hit all of them alike; the rate is batch size / median seconds of the timed calls only."""
@@ -89,6 +100,7 @@ def test_gemm_benchmark_reports_gflops():
     (row,) = gemm.main(['--shapes=64,32,16', '--repeats=2', '--no_torch'])
     assert (row['m'], row['k'], row['n']) == (64, 32, 16)
     assert set(row['gflops']) == {'jax'} and row['gflops']['jax'] > 0 and 'ratio' not in row
+    assert row['steal'] is None or 0 <= row['steal'] <= 1
     for bad in ('64,32', '64,x,16', '64,0,16'):
         with pytest.raises(SystemExit):
             gemm.main([f'--shapes={bad}', '--no_torch'])
