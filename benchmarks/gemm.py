@@ -20,7 +20,8 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from benchmarks.throughput import _interleaved_rates, cpu_times, print_row, steal_fraction  # noqa: E402
+from benchmarks.throughput import (_interleaved_rates, cpu_times, non_negative_seconds, print_row,  # noqa: E402
+                                   steal_fraction)
 from mobilenets_jax import cli_utils  # noqa: E402
 
 # (M, K, N) of MobileNetV1-224's pointwise layers at batch 16: blocks 1, 3/4, 5/6, 7-11, 13.
@@ -43,7 +44,7 @@ def main(argv=None):
     parser.add_argument('--repeats', type=int, default=15)
     parser.add_argument('--shapes', type=_shapes, default=SHAPES,
                         help='M,K,N triples separated by ";" (default: MobileNetV1-224\'s pointwise layers)')
-    parser.add_argument('--settle_s', type=float, default=0.2,
+    parser.add_argument('--settle_s', type=non_negative_seconds, default=0.2,
                         help='untimed calls for this many seconds before each timed call (throughput.py\'s)')
     parser.add_argument('--no_torch', action='store_true')
     args = parser.parse_args(argv)

@@ -41,8 +41,8 @@ def _interleaved_rates(runners, batch_size, warmup, repeats, settle=1, settle_s=
 
     Each turn first makes untimed "settle" calls: at least `settle` of them, and more until `settle_s`
     seconds have passed. The first calls after another framework's runs pay for that framework's
-    still-spinning worker threads (PyTorch's OpenMP threads spin-wait after each parallel region) and
-    for the caches it evicted. In one measurement (tcmalloc, cifar_mobilenet_v2 batch-64 inference),
+    still-spinning worker threads (libgomp, PyTorch's OpenMP runtime, spin-waits after each parallel
+    region by default) and for the caches it evicted. In one measurement (tcmalloc, cifar_mobilenet_v2 batch-64 inference),
     JAX ran at 4,780 img/s on the first call of a turn and 6,736 on the next ones, PyTorch at 4,277
     and 5,487. One settle call is not enough for calls of a few milliseconds: cifar_mobilenet_v2
     batch-16 inference (3.7 ms a call) ran at 2,778 img/s after one settle call and at 4,277 after
@@ -104,6 +104,17 @@ def print_row(line, row, what):
         print(f'# warning: the hypervisor took {100 * steal:.0f}% of the CPU time while {what} was timed (steal in '
               '/proc/stat); its rates and ratios are unreliable, run it again', flush=True)
     print('JSON ' + json.dumps(row), flush=True)
+
+
+def non_negative_seconds(text):
+    """argparse type of --settle_s: a number of seconds >= 0."""
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = -1.0
+    if not seconds >= 0:
+        raise argparse.ArgumentTypeError(f'{text!r}: expected a number of seconds >= 0')
+    return seconds
 
 
 def jax_benchmark(name, impl, args, num_classes, groups, size, compile_only=False):
@@ -202,7 +213,7 @@ def main(argv=None):
     parser.add_argument('--repeats', type=int, default=5)
     parser.add_argument('--settle', type=int, default=1,
                         help='untimed calls at the start of each round-robin turn (see _interleaved_rates)')
-    parser.add_argument('--settle_s', type=float, default=0.2,
+    parser.add_argument('--settle_s', type=non_negative_seconds, default=0.2,
                         help='keep making untimed calls until this many seconds of the turn have passed')
     parser.add_argument('--no_torch', action='store_true')
     parser.add_argument('--torch_layouts', default='nchw,channels_last')

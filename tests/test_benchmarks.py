@@ -104,3 +104,6 @@ def test_gemm_benchmark_reports_gflops():
     for bad in ('64,32', '64,x,16', '64,0,16'):
         with pytest.raises(SystemExit):
             gemm.main([f'--shapes={bad}', '--no_torch'])
+    for bad in ('-1', 'x', 'nan'):
+        with pytest.raises(SystemExit):
+            gemm.main([f'--settle_s={bad}', '--no_torch'])
