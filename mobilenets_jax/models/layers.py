@@ -537,7 +537,7 @@ def _depthwise_kernel_grad(xp, dy, kernel_hw: tuple, strides: int):
     reducing over w was the faster choice at every map size: the 13 kernel gradients of a
     MobileNetV1-224 batch-16 step took 132 ms over w against 174 ms with (h, w) for maps up to 32×32.
 
-    It is still the slowest part of the backward pass outside the GEMMs (111 ms of a 588 ms
+    It is still the largest cost outside YNNPACK's GEMMs and reductions (111 ms of a 588 ms
     MobileNetV2-224 batch-16 step) because XLA:CPU emits a variadic reduction as scalar code: the
     optimized LLVM IR of this fusion (`--xla_dump_to`, 16×56×56×128) has no vector type. Tree sums
     (tap products halved elementwise over h and n), which the loop emitter does vectorize, were slower
