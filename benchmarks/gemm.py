@@ -20,8 +20,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from benchmarks.throughput import (_interleaved_rates, cpu_times, non_negative_seconds, print_row,  # noqa: E402
-                                   steal_fraction)
+from benchmarks.throughput import _interleaved_rates, non_negative_seconds, print_row  # noqa: E402
 from mobilenets_jax import cli_utils  # noqa: E402
 
 # (M, K, N) of MobileNetV1-224's pointwise layers at batch 16: blocks 1, 3/4, 5/6, 7-11, 13.
@@ -68,10 +67,11 @@ def main(argv=None):
             a_torch, b_torch = torch.from_numpy(a), torch.from_numpy(b)
             runners['torch'] = lambda: torch.mm(a_torch, b_torch)
         # _interleaved_rates reports batch_size / seconds: with 2·M·K·N / 1e9 as the "batch", GFLOP/s.
-        timing_start = cpu_times()
+        timing_start = cli_utils.cpu_times()
         rates = _interleaved_rates(runners, 2 * m * k * n / 1e9, warmup=3, repeats=args.repeats,
                                    settle_s=args.settle_s)
-        row = dict(m=m, k=k, n=n, gflops=rates, steal=steal_fraction(timing_start, cpu_times()))
+        steal = cli_utils.steal_fraction(timing_start, cli_utils.cpu_times())
+        row = dict(m=m, k=k, n=n, gflops=rates, steal=steal)
         line = f'{f"{m} x {k} x {n}":>22s} {rates["jax"]:12.0f}'
         if torch:
             row['ratio'] = rates['jax'] / rates['torch']

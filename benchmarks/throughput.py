@@ -65,42 +65,13 @@ def _interleaved_rates(runners, batch_size, warmup, repeats, settle=1, settle_s=
     return {key: batch_size / statistics.median(t) for key, t in times.items()}
 
 
-def cpu_times(stat_path='/proc/stat'):
-    """(steal, total) jiffies of all CPUs from Linux's /proc/stat, or None where there is no such file.
-
-    Steal is time the hypervisor gave this VM's virtual CPUs to someone else. On a shared cloud host it
-    comes and goes, and a timing taken while it is high says little (README, "Performance").
-    """
-    try:
-        with open(stat_path) as stat:
-            fields = stat.readline().split()
-    except OSError:
-        return None
-    if not fields or fields[0] != 'cpu' or len(fields) < 9:
-        return None
-    jiffies = [int(v) for v in fields[1:]]
-    # user nice system idle iowait irq softirq steal [guest guest_nice]: guest time is already in user.
-    return jiffies[7], sum(jiffies[:8])
-
-
-def steal_fraction(before, after):
-    """The share of CPU time stolen between two `cpu_times()` readings (None if either is missing)."""
-    if before is None or after is None or after[1] <= before[1]:
-        return None
-    return (after[0] - before[0]) / (after[1] - before[1])
-
-
-# Rows timed while the hypervisor stole more than this share of the CPUs get a warning.
-STEAL_WARNING = 0.03
-
-
 def print_row(line, row, what):
     """Prints a table line (with `row['steal']` appended), a warning if that steal is high, and the JSON line."""
     steal = row.get('steal')
     if steal is not None:
         line += f'  steal {100 * steal:.0f}%'
     print(line, flush=True)
-    if steal is not None and steal > STEAL_WARNING:
+    if steal is not None and steal > cli_utils.STEAL_WARNING:
         print(f'# warning: the hypervisor took {100 * steal:.0f}% of the CPU time while {what} was timed (steal in '
               '/proc/stat); its rates and ratios are unreliable, run it again', flush=True)
     print('JSON ' + json.dumps(row), flush=True)
@@ -256,14 +227,14 @@ def main(argv=None):
                 result['torch'][layout] = torch_benchmark(name, args, num_classes, groups, layout == 'channels_last', size)
                 assert result['torch'][layout]['params'] == next(iter(result['jax'].values()))['params'], \
                     'PyTorch mirror has a different parameter count'
-        timing_start = cpu_times()
+        timing_start = cli_utils.cpu_times()
         for mode in ('train', 'infer'):
             runners = {(fw, key): r[mode] for fw in ('jax', 'torch') for key, r in result[fw].items()}
             rates = _interleaved_rates(runners, args.batch_size, args.warmup, args.repeats, args.settle,
                                         args.settle_s)
             for (fw, key), rate in rates.items():
                 result[fw][key][mode] = rate
-        result['steal'] = steal_fraction(timing_start, cpu_times())
+        result['steal'] = cli_utils.steal_fraction(timing_start, cli_utils.cpu_times())
         best_jax = {k: max(r[k] for r in result['jax'].values()) for k in ('train', 'infer')}
         line = f'{name:22s} {size:4d} ' + ' '.join(
             f'{r["train"]:8.2f}/{r["infer"]:8.2f}/{r["compile_s"]:5.1f}s'.rjust(28) for r in result['jax'].values())

@@ -69,6 +69,35 @@ def preloaded_allocator(maps_text: Optional[str] = None) -> Optional[str]:
     return None
 
 
+def cpu_times(stat_path: str = '/proc/stat') -> Optional[tuple]:
+    """(steal, total) jiffies of all CPUs from Linux's /proc/stat, or None where there is no such file.
+
+    Steal is time the hypervisor gave this VM's virtual CPUs to someone else. On a shared cloud host it
+    comes and goes, and a timing taken while it is high says little (README, "Performance").
+    """
+    try:
+        with open(stat_path) as stat:
+            fields = stat.readline().split()
+    except OSError:
+        return None
+    if not fields or fields[0] != 'cpu' or len(fields) < 9:
+        return None
+    jiffies = [int(v) for v in fields[1:]]
+    # user nice system idle iowait irq softirq steal [guest guest_nice]: guest time is already in user.
+    return jiffies[7], sum(jiffies[:8])
+
+
+def steal_fraction(before: Optional[tuple], after: Optional[tuple]) -> Optional[float]:
+    """The share of CPU time stolen between two `cpu_times()` readings (None if either is missing)."""
+    if before is None or after is None or after[1] <= before[1]:
+        return None
+    return (after[0] - before[0]) / (after[1] - before[1])
+
+
+# Timings taken while the hypervisor stole more than this share of the CPUs get a warning.
+STEAL_WARNING = 0.03
+
+
 def cpu_allocator_hint(backend: str, maps_text: Optional[str] = None,
                        malloc_conf: Optional[str] = None) -> Optional[str]:
     """The advice to preload tcmalloc, for a process that runs XLA:CPU on glibc malloc; else None.

@@ -36,7 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from mobilenets_jax import optim, published
+from mobilenets_jax import cli_utils, optim, published
 from mobilenets_jax.models import init as model_init, layers, registry
 
 # The fields of one `analyze` record, in output order.
@@ -45,7 +45,7 @@ FIELDS = (
     'train_flops', 'bytes_accessed', 'arithmetic_intensity', 'published_macs', 'published_params',
     'backend', 'compile_seconds', 'train_batch_size', 'train_cost_source',
 )
-MEASURE_FIELDS = ('batch_size', 'inference_images_per_sec', 'train_images_per_sec')
+MEASURE_FIELDS = ('batch_size', 'inference_images_per_sec', 'train_images_per_sec', 'steal')
 LAYER_FIELDS = ('name', 'kind', 'kernel', 'output_shape', 'params', 'macs', 'flops', 'bytes')
 
 TRAIN_COST_SOURCES = ('compiled', 'lowered', 'none')
@@ -574,7 +574,9 @@ def measure_throughput(model: nn.Module, config: Config, batch_size: int, tx: op
     """Images/second of inference and of the training step at `batch_size` on the default device.
 
     Both programs are compiled with the backend's default options, run `warmup` times, then timed
-    `runs` times (each call synchronized with `block_until_ready`); the median is reported.
+    `runs` times (each call synchronized with `block_until_ready`); the median is reported. ``steal`` is
+    the share of CPU time the hypervisor took while they ran (`cli_utils.cpu_times`; None off Linux):
+    above `cli_utils.STEAL_WARNING` the rates say more about the host's other guests than the model.
     """
     res = config.resolution
     variables = model_init.init_variables(model, 0, (1, res, res, 3))
@@ -583,6 +585,7 @@ def measure_throughput(model: nn.Module, config: Config, batch_size: int, tx: op
     labels = jnp.asarray(rng.integers(0, config.num_classes, size=(batch_size,), dtype=np.int32))
 
     infer = jax.jit(lambda v, x: model.apply(v, x, train=False))
+    timing_start = cli_utils.cpu_times()
     inference_seconds = median_seconds(lambda: infer(variables, images), warmup, runs)
 
     step = jax.jit(make_train_step(model, tx, config.num_classes, label_smoothing), donate_argnums=(0, 1, 2))
@@ -595,8 +598,10 @@ def measure_throughput(model: nn.Module, config: Config, batch_size: int, tx: op
         return loss
 
     train_seconds = median_seconds(train_once, warmup, runs)
+    # A share of wall time on all CPUs, so the train step's compilation inside the span does not skew it.
     return {'batch_size': batch_size, 'inference_images_per_sec': batch_size / inference_seconds,
-            'train_images_per_sec': batch_size / train_seconds}
+            'train_images_per_sec': batch_size / train_seconds,
+            'steal': cli_utils.steal_fraction(timing_start, cli_utils.cpu_times())}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -736,7 +741,9 @@ def _table_row(record: dict) -> list[str]:
            '-' if record['arithmetic_intensity'] is None else f"{record['arithmetic_intensity']:.1f}",
            f"{record['compile_seconds']:.1f}"]
     if 'inference_images_per_sec' in record:
-        row += [f"{record['inference_images_per_sec']:.1f}", f"{record['train_images_per_sec']:.1f}"]
+        steal = record.get('steal')
+        row += [f"{record['inference_images_per_sec']:.1f}", f"{record['train_images_per_sec']:.1f}",
+                '-' if steal is None else f'{100 * steal:.0f}%']
     return row
 
 
@@ -818,9 +825,16 @@ def format_records(records: Sequence[dict], fmt: str = 'table') -> str:
         return buffer.getvalue().rstrip('\n')
     if fmt not in ('table', 'markdown'):
         raise ValueError(f'format={fmt!r}; allowed: table, json, csv, markdown')
-    header = list(TABLE_COLUMNS) + (['infer img/s', 'train img/s'] if measured else [])
+    header = list(TABLE_COLUMNS) + (['infer img/s', 'train img/s', 'steal'] if measured else [])
     render = _aligned if fmt == 'table' else _markdown
     lines = render(header, [_table_row(r) for r in records])
+    stolen = [r for r in records if (r.get('steal') or 0) > cli_utils.STEAL_WARNING]
+    if stolen:
+        lines += ['', 'Warning: the hypervisor took more than '
+                  f'{100 * cli_utils.STEAL_WARNING:.0f}% of the CPU time while measuring '
+                  + ', '.join(f"{r['model']} α={r['alpha']:g} {r['resolution']} ({100 * r['steal']:.0f}%)"
+                              for r in stolen)
+                  + ': those img/s are unreliable; measure again.']
     for r in records:
         if 'layers' in r:
             title = (f"{r['model']} α={r['alpha']:g}" + (f" g={r['groups']}" if r['groups'] is not None else '')

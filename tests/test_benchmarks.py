@@ -37,21 +37,6 @@ def test_input_pipeline_benchmark_runs_the_training_transform():
     assert result['train'] > 0 and result['eval'] > 0 and result['jpeg_kib'] > 1
 
 
-def test_steal_is_read_from_proc_stat(tmp_path):
-    """The hypervisor's share (steal) is the 8th number of /proc/stat's 'cpu' line over the first 8."""
-    stat = tmp_path / 'stat'
-    stat.write_text('cpu  100 0 50 800 10 0 0 40 7 0\ncpu0 50 0 25 400 5 0 0 20 0 0\n')
-    before = throughput.cpu_times(str(stat))
-    assert before == (40, 1000)
-    stat.write_text('cpu  190 0 60 1000 10 0 0 140 7 0\n')
-    after = throughput.cpu_times(str(stat))
-    assert throughput.steal_fraction(before, after) == pytest.approx(100 / 400)
-    assert throughput.steal_fraction(before, None) is None and throughput.steal_fraction(after, before) is None
-    assert throughput.cpu_times(str(tmp_path / 'missing')) is None
-    stat.write_text('intr 1 2 3\n')
-    assert throughput.cpu_times(str(stat)) is None
-
-
 def test_rows_timed_under_steal_carry_a_warning(capsys):
     throughput.print_row('calm', {'steal': 0.01}, 'calm row')
     throughput.print_row('stolen', {'steal': 0.2}, 'stolen row')

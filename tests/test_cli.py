@@ -50,3 +50,18 @@ def test_allocator_hint_only_for_xla_cpu_on_glibc():
 def test_start_rejects_stray_arguments_before_touching_devices():
     with pytest.raises(app.UsageError, match='unexpected arguments: extra --oops'):
         cli_utils.start(['train.py', 'extra', '--oops'])
+
+
+def test_steal_is_read_from_proc_stat(tmp_path):
+    """The hypervisor's share (steal) is the 8th number of /proc/stat's 'cpu' line over the first 8."""
+    stat = tmp_path / 'stat'
+    stat.write_text('cpu  100 0 50 800 10 0 0 40 7 0\ncpu0 50 0 25 400 5 0 0 20 0 0\n')
+    before = cli_utils.cpu_times(str(stat))
+    assert before == (40, 1000)
+    stat.write_text('cpu  190 0 60 1000 10 0 0 140 7 0\n')
+    after = cli_utils.cpu_times(str(stat))
+    assert cli_utils.steal_fraction(before, after) == pytest.approx(100 / 400)
+    assert cli_utils.steal_fraction(before, None) is None and cli_utils.steal_fraction(after, before) is None
+    assert cli_utils.cpu_times(str(tmp_path / 'missing')) is None
+    stat.write_text('intr 1 2 3\n')
+    assert cli_utils.cpu_times(str(stat)) is None

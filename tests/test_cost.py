@@ -215,6 +215,22 @@ def test_formats():
     assert markdown[0].startswith('| model') and markdown[1].startswith('|:---') and len(markdown) == 4
 
 
+def test_measured_records_carry_rates_and_steal():
+    record = cost.analyze('cifar_mobilenet_v2', 0.25, resolution=16, train_cost='lowered', measure=True,
+                          batch_size=2, measure_runs=1)
+    assert record['inference_images_per_sec'] > 0 and record['train_images_per_sec'] > 0
+    assert record['steal'] is None or 0 <= record['steal'] <= 1
+    calm, stolen = dict(record, steal=0.0), dict(record, resolution=24, steal=0.25)
+    table = cost.format_records([calm, stolen], 'table').splitlines()
+    assert table[0].split()[-5:] == ['infer', 'img/s', 'train', 'img/s', 'steal']
+    assert table[2].rstrip().endswith('0%') and table[3].rstrip().endswith('25%')
+    assert table[-1].startswith('Warning: the hypervisor') and 'α=0.25 24 (25%)' in table[-1]
+    assert 'α=0.25 16' not in table[-1]
+    assert 'Warning' not in cost.format_records([calm], 'table')
+    rows = list(csv.reader(io.StringIO(cost.format_records([calm, stolen], 'csv'))))
+    assert rows[0][-1] == 'steal' and rows[2][-1] == '0.25'
+
+
 def _flops_cli(*args, devices=8, check=True):
     env = dict(os.environ, JAX_NUM_CPU_DEVICES=str(devices), JAX_PLATFORMS='cpu')
     result = subprocess.run([sys.executable, os.path.join(ROOT, 'flops.py'), *args], cwd=ROOT, env=env,
