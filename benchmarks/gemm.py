@@ -67,11 +67,10 @@ def main(argv=None):
             a_torch, b_torch = torch.from_numpy(a), torch.from_numpy(b)
             runners['torch'] = lambda: torch.mm(a_torch, b_torch)
         # _interleaved_rates reports batch_size / seconds: with 2·M·K·N / 1e9 as the "batch", GFLOP/s.
-        timing_start = cli_utils.cpu_times()
-        rates = _interleaved_rates(runners, 2 * m * k * n / 1e9, warmup=3, repeats=args.repeats,
-                                   settle_s=args.settle_s)
-        steal = cli_utils.steal_fraction(timing_start, cli_utils.cpu_times())
-        row = dict(m=m, k=k, n=n, gflops=rates, steal=steal)
+        row = dict(m=m, k=k, n=n)
+        with cli_utils.record_steal(row):
+            rates = row['gflops'] = _interleaved_rates(runners, 2 * m * k * n / 1e9, warmup=3,
+                                                       repeats=args.repeats, settle_s=args.settle_s)
         line = f'{f"{m} x {k} x {n}":>22s} {rates["jax"]:12.0f}'
         if torch:
             row['ratio'] = rates['jax'] / rates['torch']

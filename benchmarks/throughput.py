@@ -42,9 +42,9 @@ def _interleaved_rates(runners, batch_size, warmup, repeats, settle=1, settle_s=
     Each turn first makes untimed "settle" calls: at least `settle` of them, and more until `settle_s`
     seconds have passed. The first calls after another framework's runs pay for that framework's
     still-spinning worker threads (libgomp, PyTorch's OpenMP runtime, spin-waits after each parallel
-    region by default) and for the caches it evicted. In one measurement (tcmalloc, cifar_mobilenet_v2 batch-64 inference),
-    JAX ran at 4,780 img/s on the first call of a turn and 6,736 on the next ones, PyTorch at 4,277
-    and 5,487. One settle call is not enough for calls of a few milliseconds: cifar_mobilenet_v2
+    region by default) and for the caches it evicted. In one measurement (tcmalloc, cifar_mobilenet_v2
+    batch-64 inference), JAX ran at 4,780 img/s on the first call of a turn and 6,736 on the next ones,
+    PyTorch at 4,277 and 5,487. One settle call is not enough for calls of a few milliseconds: cifar_mobilenet_v2
     batch-16 inference (3.7 ms a call) ran at 2,778 img/s after one settle call and at 4,277 after
     0.05 s of them, its rate when timed alone (4,248); PyTorch's changed less (3,146 → 3,274; alone 3,115).
     """
@@ -71,9 +71,9 @@ def print_row(line, row, what):
     if steal is not None:
         line += f'  steal {100 * steal:.0f}%'
     print(line, flush=True)
-    if steal is not None and steal > cli_utils.STEAL_WARNING:
-        print(f'# warning: the hypervisor took {100 * steal:.0f}% of the CPU time while {what} was timed (steal in '
-              '/proc/stat); its rates and ratios are unreliable, run it again', flush=True)
+    warning = cli_utils.steal_warning(what, steal)
+    if warning:
+        print(f'# {warning}', flush=True)
     print('JSON ' + json.dumps(row), flush=True)
 
 
@@ -227,14 +227,13 @@ def main(argv=None):
                 result['torch'][layout] = torch_benchmark(name, args, num_classes, groups, layout == 'channels_last', size)
                 assert result['torch'][layout]['params'] == next(iter(result['jax'].values()))['params'], \
                     'PyTorch mirror has a different parameter count'
-        timing_start = cli_utils.cpu_times()
-        for mode in ('train', 'infer'):
-            runners = {(fw, key): r[mode] for fw in ('jax', 'torch') for key, r in result[fw].items()}
-            rates = _interleaved_rates(runners, args.batch_size, args.warmup, args.repeats, args.settle,
-                                        args.settle_s)
-            for (fw, key), rate in rates.items():
-                result[fw][key][mode] = rate
-        result['steal'] = cli_utils.steal_fraction(timing_start, cli_utils.cpu_times())
+        with cli_utils.record_steal(result):
+            for mode in ('train', 'infer'):
+                runners = {(fw, key): r[mode] for fw in ('jax', 'torch') for key, r in result[fw].items()}
+                rates = _interleaved_rates(runners, args.batch_size, args.warmup, args.repeats, args.settle,
+                                            args.settle_s)
+                for (fw, key), rate in rates.items():
+                    result[fw][key][mode] = rate
         best_jax = {k: max(r[k] for r in result['jax'].values()) for k in ('train', 'infer')}
         line = f'{name:22s} {size:4d} ' + ' '.join(
             f'{r["train"]:8.2f}/{r["infer"]:8.2f}/{r["compile_s"]:5.1f}s'.rjust(28) for r in result['jax'].values())

@@ -94,8 +94,24 @@ def steal_fraction(before: Optional[tuple], after: Optional[tuple]) -> Optional[
     return (after[0] - before[0]) / (after[1] - before[1])
 
 
+@contextlib.contextmanager
+def record_steal(record: dict):
+    """Sets ``record['steal']`` to the share of CPU time stolen while the block ran (None off Linux)."""
+    before = cpu_times()
+    yield record
+    record['steal'] = steal_fraction(before, cpu_times())
+
+
 # Timings taken while the hypervisor stole more than this share of the CPUs get a warning.
 STEAL_WARNING = 0.03
+
+
+def steal_warning(what: str, steal: Optional[float]) -> Optional[str]:
+    """The warning for a timing of `what` taken while `steal` (a `steal_fraction`) was high; else None."""
+    if steal is None or steal <= STEAL_WARNING:
+        return None
+    return (f'warning: the hypervisor took {100 * steal:.0f}% of the CPU time while {what} was timed (steal '
+            'in /proc/stat); its rates are unreliable, measure it again')
 
 
 def cpu_allocator_hint(backend: str, maps_text: Optional[str] = None,

@@ -584,24 +584,25 @@ def measure_throughput(model: nn.Module, config: Config, batch_size: int, tx: op
     images = jnp.asarray(rng.standard_normal((batch_size, res, res, 3), dtype=np.float32))
     labels = jnp.asarray(rng.integers(0, config.num_classes, size=(batch_size,), dtype=np.int32))
 
-    infer = jax.jit(lambda v, x: model.apply(v, x, train=False))
-    timing_start = cli_utils.cpu_times()
-    inference_seconds = median_seconds(lambda: infer(variables, images), warmup, runs)
-
-    step = jax.jit(make_train_step(model, tx, config.num_classes, label_smoothing), donate_argnums=(0, 1, 2))
+    # Compiled before the timed span, so that `steal` is the share of the calls' time alone.
+    infer = jax.jit(lambda v, x: model.apply(v, x, train=False)).lower(variables, images).compile()
     state = [variables['params'], variables.get('batch_stats', {}), tx.init(variables['params'])]
     key = jnp.asarray(jax.random.key_data(jax.random.key(0)))
+    step = jax.jit(make_train_step(model, tx, config.num_classes, label_smoothing), donate_argnums=(0, 1, 2)
+                   ).lower(*state, images, labels, key).compile()
 
     def train_once():
         params, batch_stats, opt_state, loss = step(*state, images, labels, key)
         state[:] = [params, batch_stats, opt_state]
         return loss
 
-    train_seconds = median_seconds(train_once, warmup, runs)
-    # A share of wall time on all CPUs, so the train step's compilation inside the span does not skew it.
-    return {'batch_size': batch_size, 'inference_images_per_sec': batch_size / inference_seconds,
-            'train_images_per_sec': batch_size / train_seconds,
-            'steal': cli_utils.steal_fraction(timing_start, cli_utils.cpu_times())}
+    record = {'batch_size': batch_size}
+    with cli_utils.record_steal(record):
+        inference_seconds = median_seconds(lambda: infer(variables, images), warmup, runs)
+        train_seconds = median_seconds(train_once, warmup, runs)
+    record.update(inference_images_per_sec=batch_size / inference_seconds,
+                  train_images_per_sec=batch_size / train_seconds)
+    return record
 
 
 # --------------------------------------------------------------------------------------------------
@@ -828,13 +829,10 @@ def format_records(records: Sequence[dict], fmt: str = 'table') -> str:
     header = list(TABLE_COLUMNS) + (['infer img/s', 'train img/s', 'steal'] if measured else [])
     render = _aligned if fmt == 'table' else _markdown
     lines = render(header, [_table_row(r) for r in records])
-    stolen = [r for r in records if (r.get('steal') or 0) > cli_utils.STEAL_WARNING]
-    if stolen:
-        lines += ['', 'Warning: the hypervisor took more than '
-                  f'{100 * cli_utils.STEAL_WARNING:.0f}% of the CPU time while measuring '
-                  + ', '.join(f"{r['model']} α={r['alpha']:g} {r['resolution']} ({100 * r['steal']:.0f}%)"
-                              for r in stolen)
-                  + ': those img/s are unreliable; measure again.']
+    steal_warnings = [cli_utils.steal_warning(f"{r['model']} α={r['alpha']:g} {r['resolution']}", r.get('steal'))
+                      for r in records]
+    if any(steal_warnings):
+        lines += [''] + [w for w in steal_warnings if w]
     for r in records:
         if 'layers' in r:
             title = (f"{r['model']} α={r['alpha']:g}" + (f" g={r['groups']}" if r['groups'] is not None else '')

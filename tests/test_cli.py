@@ -65,3 +65,10 @@ def test_steal_is_read_from_proc_stat(tmp_path):
     assert cli_utils.cpu_times(str(tmp_path / 'missing')) is None
     stat.write_text('intr 1 2 3\n')
     assert cli_utils.cpu_times(str(stat)) is None
+    # The context manager reads the real file around its block and sets the share (None off Linux).
+    record = {}
+    with cli_utils.record_steal(record) as same:
+        assert same is record and 'steal' not in record
+    assert record['steal'] is None or 0 <= record['steal'] <= 1
+    assert cli_utils.steal_warning('x', 0.03) is None and cli_utils.steal_warning('x', None) is None
+    assert cli_utils.steal_warning('x', 0.031).startswith('warning: the hypervisor took 3% ')
