@@ -95,11 +95,11 @@ def steal_fraction(before: Optional[tuple], after: Optional[tuple]) -> Optional[
 
 
 @contextlib.contextmanager
-def record_steal(record: dict):
+def record_steal(record: dict, stat_path: str = '/proc/stat'):
     """Sets ``record['steal']`` to the share of CPU time stolen while the block ran (None off Linux)."""
-    before = cpu_times()
+    before = cpu_times(stat_path)
     yield record
-    record['steal'] = steal_fraction(before, cpu_times())
+    record['steal'] = steal_fraction(before, cpu_times(stat_path))
 
 
 # Timings taken while the hypervisor stole more than this share of the CPUs get a warning.

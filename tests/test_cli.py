@@ -65,10 +65,15 @@ def test_steal_is_read_from_proc_stat(tmp_path):
     assert cli_utils.cpu_times(str(tmp_path / 'missing')) is None
     stat.write_text('intr 1 2 3\n')
     assert cli_utils.cpu_times(str(stat)) is None
-    # The context manager reads the real file around its block and sets the share (None off Linux).
+    # The context manager reads the file around its block and sets the share when the block ends.
+    stat.write_text('cpu  100 0 50 800 10 0 0 40 7 0\n')
     record = {}
-    with cli_utils.record_steal(record) as same:
+    with cli_utils.record_steal(record, str(stat)) as same:
         assert same is record and 'steal' not in record
+        stat.write_text('cpu  130 0 50 900 10 0 0 60 7 0\n')
+    assert record['steal'] == pytest.approx(20 / 150)
+    with cli_utils.record_steal(record):         # the real /proc/stat, or None off Linux
+        pass
     assert record['steal'] is None or 0 <= record['steal'] <= 1
     assert cli_utils.steal_warning('x', 0.03) is None and cli_utils.steal_warning('x', None) is None
     assert cli_utils.steal_warning('x', 0.031).startswith('warning: the hypervisor took 3% ')
