@@ -29,6 +29,7 @@ flags.DEFINE_enum('weights', None, ['ema', 'raw'], 'Which weights to evaluate (d
 flags.DEFINE_string('split', None, 'Dataset split, TFDS slicing allowed (default: config.eval_split or the '
                     'dataset\'s evaluation split).')
 cli_utils.define_distributed_flags()
+cli_utils.define_compilation_cache_flag()
 flags.mark_flags_as_required(['config', 'workdir'])
 
 

@@ -17,6 +17,7 @@ flags.DEFINE_string('workdir', None, 'Sweep directory: one sub-directory per gri
 flags.DEFINE_list('alphas', ['0.5', '0.75', '1.0'], 'Width multipliers α.')
 flags.DEFINE_list('rhos', ['0.5', '0.75', '1.0'], 'Resolution multipliers ρ (image size = round(ρ × base)).')
 flags.DEFINE_list('models', None, 'Models to overlay in one study (default: the config\'s model.name).')
+cli_utils.define_compilation_cache_flag()
 flags.mark_flags_as_required(['config', 'workdir'])
 
 

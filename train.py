@@ -18,6 +18,7 @@ FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file('config', None, 'Training configuration file (configs/*.py).', lock_config=True)
 flags.DEFINE_string('workdir', None, 'Directory (local or gs://) for checkpoints and metrics.')
 cli_utils.define_distributed_flags()
+cli_utils.define_compilation_cache_flag()
 flags.mark_flags_as_required(['config', 'workdir'])
 
 

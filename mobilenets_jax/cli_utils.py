@@ -13,6 +13,8 @@ import logging as logging_std
 from absl import app, flags
 from absl import logging as absl_logging
 
+from mobilenets_jax import compilation_cache
+
 FLAGS = flags.FLAGS
 
 
@@ -20,6 +22,14 @@ def define_distributed_flags() -> None:
     flags.DEFINE_string('coordinator_address', None, 'host:port of process 0 (multi-process runs).')
     flags.DEFINE_integer('num_processes', None, 'Number of processes (multi-process runs).')
     flags.DEFINE_integer('process_id', None, 'This process\'s index (multi-process runs).')
+
+
+def define_compilation_cache_flag() -> None:
+    flags.DEFINE_string('compilation_cache_dir', None,
+                        'JAX persistent compilation cache: a restarted run loads its compiled steps from here '
+                        'instead of compiling again (default: $JAX_COMPILATION_CACHE_DIR, else '
+                        f'{compilation_cache.DEFAULT_DIR}; an empty value turns it off; multi-host: a directory '
+                        'every host can read, e.g. gs://...).')
 
 
 def initialize_distributed() -> None:
@@ -37,11 +47,15 @@ def initialize_distributed() -> None:
 
 
 def start(argv, distributed: bool = True) -> None:
-    """What every entry point's `main` does first: reject stray arguments, quiet library logs, join the
-    other processes of a multi-host run (`distributed`), and log `cpu_allocator_hint` when it applies."""
+    """What every entry point's `main` does first: reject stray arguments, quiet library logs, turn on the
+    persistent compilation cache (where the entry point defines `--compilation_cache_dir`), join the other
+    processes of a multi-host run (`distributed`), and log `cpu_allocator_hint` when it applies."""
     if len(argv) > 1:
         raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
     quiet_library_logs()
+    if 'compilation_cache_dir' in FLAGS:
+        directory = compilation_cache.enable(compilation_cache.resolve_dir(FLAGS.compilation_cache_dir))
+        absl_logging.info('Persistent compilation cache: %s', directory or 'off')
     if distributed:
         initialize_distributed()
     import jax

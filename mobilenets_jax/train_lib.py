@@ -26,7 +26,7 @@ import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from mobilenets_jax import checkpoints, config_lib, optim
+from mobilenets_jax import checkpoints, compilation_cache, config_lib, optim
 from mobilenets_jax.models import init_variables
 
 BATCH_AXIS = 'batch'
@@ -388,7 +388,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
             checkpoints.save(manager, step, state, force=True)
         manager.wait_until_finished()
 
-    pending, last_record = [], None
+    pending, last_record, compile_note = [], None, None
     interval_start, input_wait = time.time(), 0.0
     run_start, run_start_step = time.time(), start_step
     status = 'finished'
@@ -399,7 +399,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
             wait_start = time.time()
             batch = shard_batch(next(train_iter), mesh)
             input_wait += time.time() - wait_start
-            state, metrics = p_train_step(state, batch)
+            if compile_note is None:  # the run's first call compiles the step, or loads it from the cache
+                with compilation_cache.CacheHits() as hits:
+                    compile_start = time.time()
+                    state, metrics = p_train_step(state, batch)
+                    compile_seconds = time.time() - compile_start
+                compile_note = {'compile_seconds': compile_seconds, 'compile_cache_hit': hits.count > 0}
+                logging.info('Train step %s in %.1fs', compilation_cache.describe(hits), compile_seconds)
+            else:
+                state, metrics = p_train_step(state, batch)
             pending.append(metrics)
             step += 1
 
@@ -420,7 +428,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                     'images_per_sec': steps_per_sec * config.batch_size,
                     'input_wait_fraction': input_wait / max(elapsed, 1e-9),
                     'eta_seconds': (setup.total_steps - step) / max(overall_rate, 1e-9),
+                    **compile_note,  # the first record of each run only
                 }
+                compile_note = {}
                 writer.write(last_record)
                 logging.info('step %d/%d (epoch %.2f) loss %.4f top1 %.2f%% lr %.5f | %.1f img/s %.2f steps/s | '
                              'input wait %.0f%% | ETA %s', step, setup.total_steps, last_record['epoch'],

@@ -7,7 +7,7 @@ import sys
 import pytest
 from absl import app
 
-from mobilenets_jax import cli_utils
+from mobilenets_jax import cli_utils, compilation_cache
 
 GLIBC_MAPS = ('7f3a2c000000-7f3a2c028000 r--p 00000000 fe:01 1234 /usr/lib/x86_64-linux-gnu/libc.so.6\n'
               '7f3a2d000000-7f3a2d100000 r-xp 00000000 fe:01 5678 /opt/venv/lib/python3.11/site-packages/'
@@ -77,3 +77,39 @@ def test_steal_is_read_from_proc_stat(tmp_path):
     assert record['steal'] is None or 0 <= record['steal'] <= 1
     assert cli_utils.steal_warning('x', 0.03) is None and cli_utils.steal_warning('x', None) is None
     assert cli_utils.steal_warning('x', 0.031).startswith('warning: the hypervisor took 3% ')
+
+
+def test_compilation_cache_dir_resolution(tmp_path):
+    """Flag, then $JAX_COMPILATION_CACHE_DIR, then the default; an empty flag turns the cache off."""
+    home = os.path.expanduser('~')
+    assert compilation_cache.resolve_dir(None, {}) == os.path.join(home, '.cache', 'mobilenets_jax', 'xla')
+    assert compilation_cache.resolve_dir(None, {'JAX_COMPILATION_CACHE_DIR': str(tmp_path)}) == str(tmp_path)
+    assert compilation_cache.resolve_dir('rel/dir', {'JAX_COMPILATION_CACHE_DIR': '/elsewhere'}) == \
+        os.path.abspath('rel/dir')
+    assert compilation_cache.resolve_dir('', {'JAX_COMPILATION_CACHE_DIR': '/elsewhere'}) is None
+    assert compilation_cache.resolve_dir('  ', {}) is None
+    assert compilation_cache.resolve_dir('gs://bucket/xla', {}) == 'gs://bucket/xla'
+
+
+# Compiles one program (cached whatever its compile time) in a fresh process and prints what CacheHits saw.
+_COMPILE_ONCE = '''
+import sys, jax, jax.numpy as jnp
+from mobilenets_jax import compilation_cache
+compilation_cache.enable(compilation_cache.resolve_dir(sys.argv[1]))
+jax.config.update('jax_persistent_cache_min_compile_time_secs', 0)
+x = jax.ShapeDtypeStruct((64, 64), jnp.float32)
+with compilation_cache.CacheHits() as hits:
+    compiled = jax.jit(lambda x: jnp.sin(x) @ x.T).lower(x).compile()
+print(hits.count, compilation_cache.describe(hits))
+'''
+
+
+def test_a_second_process_loads_the_compiled_program_from_the_cache(tmp_path):
+    cache = tmp_path / 'xla'
+    env = dict(os.environ, JAX_PLATFORMS='cpu', JAX_NUM_CPU_DEVICES='1')
+    run = lambda flag: subprocess.run([sys.executable, '-c', _COMPILE_ONCE, flag], env=env, capture_output=True,
+                                      text=True, check=True).stdout.strip()
+    assert run(str(cache)) == f'0 compiled (persistent cache: {cache})'
+    assert [p for p in os.listdir(cache) if not p.startswith('.')], 'nothing was written to the cache'
+    assert run(str(cache)) == '1 loaded from the persistent compilation cache'
+    assert run('') == '0 compiled (no persistent cache)'

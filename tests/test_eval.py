@@ -11,6 +11,7 @@ import logging
 import os
 import subprocess
 import sys
+import tempfile
 
 import jax
 import numpy as np
@@ -20,6 +21,8 @@ import mobilenets_jax as mj
 from mobilenets_jax import checkpoints, evaluation, train_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# The entry points' persistent compilation cache, for their runs in subprocesses (not the user's ~/.cache).
+TEST_COMPILATION_CACHE = os.path.join(tempfile.gettempdir(), 'mobilenets_jax_test_xla_cache')
 DIGITS_TEST_SIZE = 360
 
 
@@ -79,7 +82,8 @@ def _mesh(num_devices):
 
 
 def _eval_cli(args, *, devices=1, workdir=None, data_dir=None):
-    env = dict(os.environ, JAX_NUM_CPU_DEVICES=str(devices), JAX_PLATFORMS='cpu', TF_CPP_MIN_LOG_LEVEL='2')
+    env = dict(os.environ, JAX_NUM_CPU_DEVICES=str(devices), JAX_PLATFORMS='cpu', TF_CPP_MIN_LOG_LEVEL='2',
+               JAX_COMPILATION_CACHE_DIR=TEST_COMPILATION_CACHE)
     command = [sys.executable, 'eval.py', '--config=configs/digits.py']
     if workdir:
         command.append(f'--workdir={workdir}')

@@ -5,6 +5,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 
 import jax
@@ -16,6 +17,8 @@ from configs import cifar10, digits, mobilenet_v1_imagenet
 from mobilenets_jax import checkpoints, train_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# The entry points' persistent compilation cache, for their runs in subprocesses (not the user's ~/.cache).
+TEST_COMPILATION_CACHE = os.path.join(tempfile.gettempdir(), 'mobilenets_jax_test_xla_cache')
 
 
 def tiny_digits_config(tmp_path):
@@ -79,7 +82,8 @@ def _free_port():
 
 
 def _env(**extra):
-    env = dict(os.environ, PYTHONPATH=REPO, JAX_PLATFORMS='cpu', TF_CPP_MIN_LOG_LEVEL='2', **extra)
+    env = dict(os.environ, PYTHONPATH=REPO, JAX_PLATFORMS='cpu', TF_CPP_MIN_LOG_LEVEL='2',
+               JAX_COMPILATION_CACHE_DIR=TEST_COMPILATION_CACHE, **extra)
     env.pop('JAX_NUM_CPU_DEVICES', None)
     return env
 
@@ -158,23 +162,25 @@ def test_killed_run_resumes_and_sigterm_saves(tmp_path):
     workdir, data_dir = str(tmp_path / 'work'), str(tmp_path / 'tfds')
     env = _env(JAX_NUM_CPU_DEVICES='1')
     # 1) SIGKILL mid-run: nothing is saved at the kill, the next run resumes from the last checkpoint.
-    proc = subprocess.Popen(_train_cli(workdir, data_dir, '--config.num_train_steps=100000'), env=env, cwd=REPO,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    cache = str(tmp_path / 'xla_cache')
+    command = _train_cli(workdir, data_dir, '--config.num_train_steps=100000', f'--compilation_cache_dir={cache}')
+    proc = subprocess.Popen(command, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     saved = _wait_for_checkpoint(workdir, proc, 3)
     time.sleep(1.0)  # let the async save finish renaming before the kill
     proc.kill()
-    proc.communicate()
+    assert f'Train step compiled (persistent cache: {cache}) in' in proc.communicate()[0]
     manager = checkpoints.create_manager(workdir, read_only=True)
     resumable = manager.latest_step()
     assert resumable is not None and resumable >= saved - 3
     # 2) Restart: resumes from that step, not from 0; then SIGTERM saves the current step and exits cleanly.
-    proc = subprocess.Popen(_train_cli(workdir, data_dir, '--config.num_train_steps=100000'), env=env, cwd=REPO,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(command, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     _wait_for_checkpoint(workdir, proc, resumable + 3)
     proc.send_signal(signal.SIGTERM)
     output = proc.communicate(timeout=120)[0]
     assert proc.returncode == 0, output
     assert f'Resumed from the checkpoint at step {resumable}' in output
+    # ... and loaded its train step from the persistent cache the first run wrote, instead of compiling it.
+    assert 'Train step loaded from the persistent compilation cache in' in output
     preempted_at = int(output.split('Preempted: saved the checkpoint at step ')[1].split(';')[0])
     assert preempted_at > resumable
     manager = checkpoints.create_manager(workdir, read_only=True)
@@ -182,6 +188,11 @@ def test_killed_run_resumes_and_sigterm_saves(tmp_path):
     train_steps = [r['step'] for r in _read_metrics(workdir) if r['split'] == 'train']
     second_run = train_steps[train_steps.index(resumable + 1):] if resumable + 1 in train_steps else []
     assert second_run and second_run[0] == resumable + 1  # the second run continued, not restarted at 1
+    # Each run's first train record says how long its step took to compile (or load) and whether it was loaded.
+    firsts = [r for r in _read_metrics(workdir) if r['split'] == 'train' and 'compile_seconds' in r]
+    assert [r['compile_cache_hit'] for r in firsts] == [False, True]
+    assert [r['step'] for r in firsts] == [1, resumable + 1]
+    assert firsts[1]['compile_seconds'] < firsts[0]['compile_seconds']
 
 
 CONFIG_NAMES = sorted(f[:-3] for f in os.listdir(os.path.join(REPO, 'configs')) if f.endswith('.py') and f != '__init__.py')
