@@ -34,7 +34,7 @@ flags.mark_flags_as_required(['config', 'workdir'])
 
 
 def main(argv):
-    cli_utils.start(argv)
+    cli_utils.start(argv, persistent_cache=True)
     from mobilenets_jax import evaluation
     with cli_utils.user_errors_exit_2():
         record = evaluation.evaluate_checkpoint(FLAGS.config, FLAGS.workdir, step=FLAGS.step,

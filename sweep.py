@@ -29,7 +29,7 @@ def _floats(values, flag):
 
 
 def main(argv):
-    cli_utils.start(argv, distributed=False)   # single-process: it defines no distributed flags
+    cli_utils.start(argv, distributed=False, persistent_cache=True)   # single-process: no distributed flags
     from mobilenets_jax import sweep_lib
     with cli_utils.user_errors_exit_2():
         result = sweep_lib.run_sweep(FLAGS.config, FLAGS.workdir, models=FLAGS.models or [FLAGS.config.model.name],

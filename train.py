@@ -23,7 +23,7 @@ flags.mark_flags_as_required(['config', 'workdir'])
 
 
 def main(argv):
-    cli_utils.start(argv)
+    cli_utils.start(argv, persistent_cache=True)
     from mobilenets_jax import train_lib
     with cli_utils.user_errors_exit_2():
         result = train_lib.train_and_evaluate(FLAGS.config, FLAGS.workdir)

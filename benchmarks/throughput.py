@@ -31,7 +31,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 import mobilenets_jax as mj  # noqa: E402
-from mobilenets_jax import cli_utils, cost, optim  # noqa: E402
+from mobilenets_jax import cli_utils, compilation_cache, cost, optim  # noqa: E402
 from mobilenets_jax.models import layers  # noqa: E402
 
 
@@ -104,11 +104,12 @@ def jax_benchmark(name, impl, args, num_classes, groups, size, compile_only=Fals
     train_step = cost.make_train_step(model, tx, num_classes, label_smoothing=0.0)
 
     start = time.perf_counter()
-    train = jax.jit(train_step, donate_argnums=(0, 1, 2)).lower(
-        params, batch_stats, opt_state, images, labels, rng_data).compile()
+    with compilation_cache.CompileEvents() as events:
+        train = jax.jit(train_step, donate_argnums=(0, 1, 2)).lower(
+            params, batch_stats, opt_state, images, labels, rng_data).compile()
     compile_s = time.perf_counter() - start
     if compile_only:
-        return dict(compile_s=compile_s)
+        return dict(compile_s=compile_s, from_cache=events.cache_hits > 0)
     infer = jax.jit(lambda v, x: model.apply(v, x, train=False)).lower(variables, images).compile()
     n_params = cost.count_variables(variables)['params']
 
@@ -153,7 +154,9 @@ def torch_benchmark(name, args, num_classes, groups, channels_last, size):
 
 
 def compile_times(args):
-    """Train-step compile seconds per model and depthwise implementation (one JSON line per model)."""
+    """Train-step compile seconds (tracing and lowering included) per model and depthwise implementation,
+    one JSON line per model. With `--compilation_cache_dir`, a second run shows the time to load each step
+    from JAX's persistent cache instead (marked '(cache)', `from_cache` in the JSON)."""
     impls = [i for i in args.impls.split(',') if i]
     print(f'# JAX {jax.__version__} on {jax.default_backend()}; train-step compile seconds; batch {args.batch_size}; '
           f'allocator: {cli_utils.preloaded_allocator() or "glibc malloc"}')
@@ -162,10 +165,14 @@ def compile_times(args):
     for name in args.models.split(','):
         spec = mj.get_spec(name)
         size = args.image_size or spec.base_resolution
-        seconds = {impl: jax_benchmark(name, impl, args, spec.default_num_classes, spec.default_groups, size,
-                                       compile_only=True)['compile_s'] for impl in impls}
-        print(f'{name:22s} {size:4d} ' + ' '.join(f'{seconds[i]:17.1f}s' for i in impls), flush=True)
-        row = dict(model=name, image_size=size, batch_size=args.batch_size, compile_s=seconds)
+        results = {impl: jax_benchmark(name, impl, args, spec.default_num_classes, spec.default_groups, size,
+                                       compile_only=True) for impl in impls}
+        seconds = {impl: r['compile_s'] for impl, r in results.items()}
+        from_cache = {impl: r['from_cache'] for impl, r in results.items()}
+        print(f'{name:22s} {size:4d} ' + ' '.join(
+            f'{seconds[i]:.1f}s{" (cache)" if from_cache[i] else ""}'.rjust(18) for i in impls), flush=True)
+        row = dict(model=name, image_size=size, batch_size=args.batch_size, compile_s=seconds,
+                   from_cache=from_cache)
         print('JSON ' + json.dumps(row), flush=True)
         rows.append(row)
     return rows
@@ -190,7 +197,13 @@ def main(argv=None):
     parser.add_argument('--torch_layouts', default='nchw,channels_last')
     parser.add_argument('--compile_only', action='store_true',
                         help='only compile each train step and report the compile seconds per --impls entry')
+    parser.add_argument('--compilation_cache_dir', default='',
+                        help='with --compile_only: JAX\'s persistent compilation cache, to time loading from it '
+                             '(default: off, so every step is compiled)')
     args = parser.parse_args(argv)
+    if args.compilation_cache_dir and not args.compile_only:
+        parser.error('--compilation_cache_dir times loading from the cache: it needs --compile_only')
+    compilation_cache.enable(compilation_cache.resolve_dir(args.compilation_cache_dir))
     if args.compile_only:
         return compile_times(args)
 

@@ -46,14 +46,15 @@ def initialize_distributed() -> None:
         jax.distributed.initialize()
 
 
-def start(argv, distributed: bool = True) -> None:
+def start(argv, distributed: bool = True, persistent_cache: bool = False) -> None:
     """What every entry point's `main` does first: reject stray arguments, quiet library logs, turn on the
-    persistent compilation cache (where the entry point defines `--compilation_cache_dir`), join the other
-    processes of a multi-host run (`distributed`), and log `cpu_allocator_hint` when it applies."""
+    persistent compilation cache (`persistent_cache`: the entry point defines `--compilation_cache_dir`)
+    before anything compiles, join the other processes of a multi-host run (`distributed`), and log
+    `cpu_allocator_hint` when it applies."""
     if len(argv) > 1:
         raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
     quiet_library_logs()
-    if 'compilation_cache_dir' in FLAGS:
+    if persistent_cache:
         directory = compilation_cache.enable(compilation_cache.resolve_dir(FLAGS.compilation_cache_dir))
         absl_logging.info('Persistent compilation cache: %s', directory or 'off')
     if distributed:

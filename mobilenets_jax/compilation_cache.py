@@ -3,7 +3,8 @@ whether a compilation came out of it.
 
 A restarted run (after preemption, a crash, or for the next evaluation) loads its train and eval steps
 from disk instead of compiling them again. Measured on the 2-core Xeon (README, "Training"): the
-MobileNetV2-224 batch-16 train step compiles in 9.0 s and loads from the cache in 0.9 s.
+MobileNetV2-224 batch-16 train step takes 11.8 s to trace, lower and compile, 3.7 s to trace, lower and
+load from the cache.
 
 Where the cache lives, first match wins:
 1. `--compilation_cache_dir=DIR` (an empty value turns it off);
@@ -12,8 +13,9 @@ Where the cache lives, first match wins:
 
 Only process 0 of a multi-process run writes entries (JAX's rule), so on a TPU pod point every host at one
 shared directory (gs://...) or the other hosts never hit. JAX writes only programs that took at least
-`jax_persistent_cache_min_compile_time_secs` (1 s) to compile. On CPU, XLA refuses an entry compiled
-for a CPU with other features and compiles afresh, so a cache on a shared disk is safe.
+`jax_persistent_cache_min_compile_time_secs` (1 s) to compile, never replaces an entry, and does not
+limit the directory's size. On CPU, XLA refuses an entry compiled for a CPU with other features and
+compiles afresh, so a cache on a shared disk is safe.
 """
 from __future__ import annotations
 
@@ -39,14 +41,15 @@ def resolve_dir(flag_value: Optional[str], environ: Mapping[str, str] = os.envir
 
 
 def enable(directory: Optional[str]) -> Optional[str]:
-    """Points JAX's persistent cache at `directory` (None: leaves the cache off); returns `directory`.
+    """Points JAX's persistent cache at `directory`, or turns it off (None), even where
+    $JAX_COMPILATION_CACHE_DIR set it; returns `directory`.
 
     Call it before the process compiles anything: JAX decides once, at its first compilation, whether this
     process uses the cache.
     """
     import jax
-    if directory is not None:
-        jax.config.update('jax_compilation_cache_dir', directory)
+    jax.config.update('jax_enable_compilation_cache', directory is not None)
+    jax.config.update('jax_compilation_cache_dir', directory)
     return directory
 
 
@@ -56,35 +59,57 @@ def current_dir() -> Optional[str]:
     return jax.config.jax_compilation_cache_dir
 
 
-class CacheHits:
-    """Counts the compilations served by the persistent cache while the `with` block runs.
+# JAX's monitoring events. Every compilation of a program sends the first (a cache hit too); the second
+# where the cache is enabled (`jax_enable_compilation_cache`, on by default even without a directory);
+# the third for a program loaded from the cache.
+_COMPILE_EVENT = '/jax/core/compile/backend_compile_duration'
+_CACHE_REQUEST_EVENT = '/jax/compilation_cache/compile_requests_use_cache'
+_CACHE_HIT_EVENT = '/jax/compilation_cache/cache_hits'
 
-        with CacheHits() as hits:
+
+class CompileEvents:
+    """Counts, while the `with` block runs, the programs compiled or loaded (`programs`), those that asked
+    the persistent cache (`cache_requests`) and those it served (`cache_hits`).
+
+        with CompileEvents() as events:
             compiled = jitted.lower(*args).compile()
-        hits.count  # 1 when it came from disk
+        describe(events)  # 'loaded from the persistent compilation cache'
     """
 
     def __init__(self):
-        self.count = 0
+        self.programs = self.cache_requests = self.cache_hits = 0
 
-    def _listen(self, event: str, **kwargs) -> None:
-        if event == _HIT_EVENT:
-            self.count += 1
+    def _on_event(self, event: str, **kwargs) -> None:
+        if event == _CACHE_REQUEST_EVENT:
+            self.cache_requests += 1
+        elif event == _CACHE_HIT_EVENT:
+            self.cache_hits += 1
 
-    def __enter__(self) -> 'CacheHits':
+    def _on_duration(self, event: str, seconds: float, **kwargs) -> None:
+        if event == _COMPILE_EVENT:
+            self.programs += 1
+
+    def __enter__(self) -> 'CompileEvents':
         import jax.monitoring
-        jax.monitoring.register_event_listener(self._listen)
+        jax.monitoring.register_event_listener(self._on_event)
+        jax.monitoring.register_event_duration_secs_listener(self._on_duration)
         return self
 
     def __exit__(self, *exc) -> None:
         import jax.monitoring
-        jax.monitoring.unregister_event_listener(self._listen)
+        jax.monitoring.unregister_event_listener(self._on_event)
+        jax.monitoring.unregister_event_duration_listener(self._on_duration)
 
 
-def describe(hits: CacheHits) -> str:
-    """How a step came to be: 'loaded from the persistent compilation cache', 'compiled (persistent cache:
-    DIR)' or 'compiled (no persistent cache)'."""
-    if hits.count:
+def describe(events: CompileEvents) -> str:
+    """How the watched programs came to be, for the console."""
+    if events.programs == 0:
+        return 'reused (compiled earlier in this process)'
+    if events.cache_hits == events.programs:
         return 'loaded from the persistent compilation cache'
-    directory = current_dir()
-    return f'compiled (persistent cache: {directory})' if directory else 'compiled (no persistent cache)'
+    if events.cache_hits:
+        return (f'{events.programs - events.cache_hits} of {events.programs} programs compiled, the others '
+                'loaded from the persistent compilation cache')
+    if events.cache_requests and current_dir():
+        return f'compiled (persistent cache: {current_dir()})'
+    return 'compiled (persistent cache not in use)'

@@ -374,13 +374,13 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str, *, step
     total_batches = math.ceil(math.ceil(split_size / jax.process_count()) / per_process_batch)
 
     compile_start = time.time()
-    with compilation_cache.CacheHits() as hits:
+    with compilation_cache.CompileEvents() as events:
         eval_step = _compiled_eval_step(model, info.num_classes, mesh, variables, dataset.element_spec)
     compile_secs = time.time() - compile_start
     logging.info('Evaluating %s alpha=%s at %dx%d, step %d (%s weights) on %d %s examples: %d batches of %d '
                  'on %d devices (restore %.1fs; eval step %s in %.1fs)', config.model.name, config.model.alpha,
                  size, size, step, weights, split_size, split, total_batches, config.batch_size, num_devices,
-                 restore_secs, compilation_cache.describe(hits), compile_secs)
+                 restore_secs, compilation_cache.describe(events), compile_secs)
 
     started = time.time()
     result = train_lib.evaluate(_one_in_flight(eval_step), variables, dataset.as_numpy_iterator(), mesh,

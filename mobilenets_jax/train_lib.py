@@ -400,12 +400,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
             batch = shard_batch(next(train_iter), mesh)
             input_wait += time.time() - wait_start
             if compile_note is None:  # the run's first call compiles the step, or loads it from the cache
-                with compilation_cache.CacheHits() as hits:
+                with compilation_cache.CompileEvents() as events:
                     compile_start = time.time()
                     state, metrics = p_train_step(state, batch)
                     compile_seconds = time.time() - compile_start
-                compile_note = {'compile_seconds': compile_seconds, 'compile_cache_hit': hits.count > 0}
-                logging.info('Train step %s in %.1fs', compilation_cache.describe(hits), compile_seconds)
+                # Process 0's view (it writes the metrics): with a per-host cache, other hosts may have compiled.
+                compile_note = {'compile_seconds': compile_seconds, 'compile_cache_hit': events.cache_hits > 0}
+                logging.info('Train step %s in %.1fs', compilation_cache.describe(events), compile_seconds)
             else:
                 state, metrics = p_train_step(state, batch)
             pending.append(metrics)

@@ -29,6 +29,7 @@ def test_compile_only_reports_each_impl():
                             '--impls=xla,shifted', '--compile_only', '--no_torch'])
     assert set(rows[0]['compile_s']) == {'xla', 'shifted'}
     assert all(seconds > 0 for seconds in rows[0]['compile_s'].values())
+    assert rows[0]['from_cache'] == {'xla': False, 'shifted': False}  # no persistent cache unless asked for
 
 
 def test_input_pipeline_benchmark_runs_the_training_transform():

@@ -91,25 +91,42 @@ def test_compilation_cache_dir_resolution(tmp_path):
     assert compilation_cache.resolve_dir('gs://bucket/xla', {}) == 'gs://bucket/xla'
 
 
-# Compiles one program (cached whatever its compile time) in a fresh process and prints what CacheHits saw.
+# Compiles one program (cached whatever its compile time) in a fresh process, as an entry point would with
+# `--compilation_cache_dir=argv[1]`, and prints what CompileEvents saw.
 _COMPILE_ONCE = '''
 import sys, jax, jax.numpy as jnp
 from mobilenets_jax import compilation_cache
 compilation_cache.enable(compilation_cache.resolve_dir(sys.argv[1]))
 jax.config.update('jax_persistent_cache_min_compile_time_secs', 0)
 x = jax.ShapeDtypeStruct((64, 64), jnp.float32)
-with compilation_cache.CacheHits() as hits:
-    compiled = jax.jit(lambda x: jnp.sin(x) @ x.T).lower(x).compile()
-print(hits.count, compilation_cache.describe(hits))
+program = jax.jit(lambda x: jnp.sin(x) @ x.T)
+with compilation_cache.CompileEvents() as events:
+    program.lower(x).compile()
+print(events.programs, events.cache_hits, compilation_cache.describe(events))
 '''
 
 
 def test_a_second_process_loads_the_compiled_program_from_the_cache(tmp_path):
-    cache = tmp_path / 'xla'
-    env = dict(os.environ, JAX_PLATFORMS='cpu', JAX_NUM_CPU_DEVICES='1')
+    cache, elsewhere = tmp_path / 'xla', tmp_path / 'from_env'
+    env = dict(os.environ, JAX_PLATFORMS='cpu', JAX_NUM_CPU_DEVICES='1', JAX_COMPILATION_CACHE_DIR=str(elsewhere))
     run = lambda flag: subprocess.run([sys.executable, '-c', _COMPILE_ONCE, flag], env=env, capture_output=True,
                                       text=True, check=True).stdout.strip()
-    assert run(str(cache)) == f'0 compiled (persistent cache: {cache})'
+    assert run(str(cache)) == f'1 0 compiled (persistent cache: {cache})'
     assert [p for p in os.listdir(cache) if not p.startswith('.')], 'nothing was written to the cache'
-    assert run(str(cache)) == '1 loaded from the persistent compilation cache'
-    assert run('') == '0 compiled (no persistent cache)'
+    assert run(str(cache)) == '1 1 loaded from the persistent compilation cache'
+    # An empty flag turns the cache off, even where $JAX_COMPILATION_CACHE_DIR names one.
+    assert run('') == '1 0 compiled (persistent cache not in use)'
+    assert not elsewhere.exists()
+
+
+def test_compile_events_in_this_process():
+    """This test process has no persistent cache; a program already compiled is not compiled again."""
+    import jax
+    add_one = jax.jit(lambda x: x + 1)
+    with compilation_cache.CompileEvents() as first:
+        add_one(1.0)
+    with compilation_cache.CompileEvents() as second:
+        add_one(2.0)
+    assert (first.programs, first.cache_hits) == (1, 0)
+    assert compilation_cache.describe(first) == 'compiled (persistent cache not in use)'
+    assert second.programs == 0 and compilation_cache.describe(second) == 'reused (compiled earlier in this process)'

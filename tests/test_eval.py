@@ -11,7 +11,6 @@ import logging
 import os
 import subprocess
 import sys
-import tempfile
 
 import jax
 import numpy as np
@@ -21,8 +20,6 @@ import mobilenets_jax as mj
 from mobilenets_jax import checkpoints, evaluation, train_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# The entry points' persistent compilation cache, for their runs in subprocesses (not the user's ~/.cache).
-TEST_COMPILATION_CACHE = os.path.join(tempfile.gettempdir(), 'mobilenets_jax_test_xla_cache')
 DIGITS_TEST_SIZE = 360
 
 
@@ -83,8 +80,9 @@ def _mesh(num_devices):
 
 def _eval_cli(args, *, devices=1, workdir=None, data_dir=None):
     env = dict(os.environ, JAX_NUM_CPU_DEVICES=str(devices), JAX_PLATFORMS='cpu', TF_CPP_MIN_LOG_LEVEL='2',
-               JAX_COMPILATION_CACHE_DIR=TEST_COMPILATION_CACHE)
-    command = [sys.executable, 'eval.py', '--config=configs/digits.py']
+               JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0')
+    # No persistent compilation cache (not the user's ~/.cache) unless `args` names one: the last flag wins.
+    command = [sys.executable, 'eval.py', '--config=configs/digits.py', '--compilation_cache_dir=']
     if workdir:
         command.append(f'--workdir={workdir}')
     if data_dir:
@@ -179,11 +177,19 @@ def test_shape_mismatch_names_the_parameter_and_the_config_field():
 # eval.py in subprocesses: other device counts, output format, errors (exit 2, one line)
 # ----------------------------------------------------------------------------------------------
 
-def test_cli_on_one_device_at_another_resolution(runs):
-    """Trained on 8 devices, evaluated by a 1-device process at rho 0.75 (24x24), batch 50."""
-    result = _eval_cli(['--config.rho=0.75', '--config.batch_size=50'], devices=1, workdir=runs['ema'],
-                       data_dir=runs['data_dir'])
+def test_cli_on_one_device_at_another_resolution(runs, tmp_path):
+    """Trained on 8 devices, evaluated by a 1-device process at rho 0.75 (24x24), batch 50; then again by a
+    process that loads the eval step from the persistent compilation cache the first one wrote."""
+    args = ['--config.rho=0.75', '--config.batch_size=50', f'--compilation_cache_dir={tmp_path / "xla"}']
+    result = _eval_cli(args, devices=1, workdir=runs['ema'], data_dir=runs['data_dir'])
     assert result.returncode == 0, result.stderr[-3000:]
+    assert f'eval step compiled (persistent cache: {tmp_path / "xla"})' in result.stderr
+    cached = _eval_cli(args, devices=1, workdir=runs['ema'], data_dir=runs['data_dir'])
+    assert cached.returncode == 0, cached.stderr[-3000:]
+    assert 'eval step loaded from the persistent compilation cache' in cached.stderr
+    first, second = (json.loads(r.stdout.strip().splitlines()[-1]) for r in (result, cached))
+    assert {k: v for k, v in first.items() if k != 'images_per_sec'} == \
+        {k: v for k, v in second.items() if k != 'images_per_sec'}
     lines = result.stdout.strip().splitlines()
     record = json.loads(lines[-1])
     for key in ('top1', 'top5', 'loss', 'num_examples', 'step', 'weights', 'split', 'resolution', 'model',
