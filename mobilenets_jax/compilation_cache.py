@@ -25,12 +25,11 @@ from typing import Mapping, Optional
 DEFAULT_DIR = '~/.cache/mobilenets_jax/xla'
 ENV_VAR = 'JAX_COMPILATION_CACHE_DIR'
 
-_HIT_EVENT = '/jax/compilation_cache/cache_hits'
-
 
 def resolve_dir(flag_value: Optional[str], environ: Mapping[str, str] = os.environ) -> Optional[str]:
-    """The cache directory to use: the flag's value (None: not given; '': off), else $JAX_COMPILATION_CACHE_DIR,
-    else `DEFAULT_DIR`. Local paths come back absolute with ~ expanded; None means no cache."""
+    """The cache directory to use: the flag's value (None: not given; '': off), else
+    $JAX_COMPILATION_CACHE_DIR, else `DEFAULT_DIR`. Local paths come back absolute with ~ expanded; None
+    means no cache."""
     if flag_value is None:
         flag_value = environ.get(ENV_VAR) or DEFAULT_DIR
     if not flag_value.strip():
