@@ -203,7 +203,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if args.compilation_cache_dir and not args.compile_only:
         parser.error('--compilation_cache_dir times loading from the cache: it needs --compile_only')
-    compilation_cache.enable(compilation_cache.resolve_dir(args.compilation_cache_dir))
+    compilation_cache.enable(args.compilation_cache_dir)
     if args.compile_only:
         return compile_times(args)
 

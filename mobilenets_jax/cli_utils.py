@@ -55,7 +55,7 @@ def start(argv, distributed: bool = True, persistent_cache: bool = False) -> Non
         raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
     quiet_library_logs()
     if persistent_cache:
-        directory = compilation_cache.enable(compilation_cache.resolve_dir(FLAGS.compilation_cache_dir))
+        directory = compilation_cache.enable(FLAGS.compilation_cache_dir)
         absl_logging.info('Persistent compilation cache: %s', directory or 'off')
     if distributed:
         initialize_distributed()

@@ -39,14 +39,15 @@ def resolve_dir(flag_value: Optional[str], environ: Mapping[str, str] = os.envir
     return os.path.abspath(os.path.expanduser(flag_value))
 
 
-def enable(directory: Optional[str]) -> Optional[str]:
-    """Points JAX's persistent cache at `directory`, or turns it off (None), even where
-    $JAX_COMPILATION_CACHE_DIR set it; returns `directory`.
+def enable(flag_value: Optional[str]) -> Optional[str]:
+    """Points JAX's persistent cache at `resolve_dir(flag_value)`, or turns it off where that is None (even
+    where $JAX_COMPILATION_CACHE_DIR set it); returns the directory.
 
     Call it before the process compiles anything: JAX decides once, at its first compilation, whether this
     process uses the cache.
     """
     import jax
+    directory = resolve_dir(flag_value)
     jax.config.update('jax_enable_compilation_cache', directory is not None)
     jax.config.update('jax_compilation_cache_dir', directory)
     return directory
@@ -58,17 +59,15 @@ def current_dir() -> Optional[str]:
     return jax.config.jax_compilation_cache_dir
 
 
-# JAX's monitoring events. Every compilation of a program sends the first (a cache hit too); the second
-# where the cache is enabled (`jax_enable_compilation_cache`, on by default even without a directory);
-# the third for a program loaded from the cache.
+# JAX's monitoring events: every compilation of a program sends the first (a load from the cache too),
+# a program loaded from the persistent cache also the second.
 _COMPILE_EVENT = '/jax/core/compile/backend_compile_duration'
-_CACHE_REQUEST_EVENT = '/jax/compilation_cache/compile_requests_use_cache'
 _CACHE_HIT_EVENT = '/jax/compilation_cache/cache_hits'
 
 
 class CompileEvents:
-    """Counts, while the `with` block runs, the programs compiled or loaded (`programs`), those that asked
-    the persistent cache (`cache_requests`) and those it served (`cache_hits`).
+    """Counts, while the `with` block runs, the programs compiled or loaded (`programs`) and those the
+    persistent cache served (`cache_hits`).
 
         with CompileEvents() as events:
             compiled = jitted.lower(*args).compile()
@@ -76,12 +75,10 @@ class CompileEvents:
     """
 
     def __init__(self):
-        self.programs = self.cache_requests = self.cache_hits = 0
+        self.programs = self.cache_hits = 0
 
     def _on_event(self, event: str, **kwargs) -> None:
-        if event == _CACHE_REQUEST_EVENT:
-            self.cache_requests += 1
-        elif event == _CACHE_HIT_EVENT:
+        if event == _CACHE_HIT_EVENT:
             self.cache_hits += 1
 
     def _on_duration(self, event: str, seconds: float, **kwargs) -> None:
@@ -109,6 +106,6 @@ def describe(events: CompileEvents) -> str:
     if events.cache_hits:
         return (f'{events.programs - events.cache_hits} of {events.programs} programs compiled, the others '
                 'loaded from the persistent compilation cache')
-    if events.cache_requests and current_dir():
+    if current_dir():
         return f'compiled (persistent cache: {current_dir()})'
     return 'compiled (persistent cache not in use)'

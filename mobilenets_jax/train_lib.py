@@ -388,7 +388,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
             checkpoints.save(manager, step, state, force=True)
         manager.wait_until_finished()
 
-    pending, last_record, compile_note = [], None, None
+    pending, last_record = [], None
+    compile_note = {}  # how the run's first call got its step; goes into the run's first metrics record
     interval_start, input_wait = time.time(), 0.0
     run_start, run_start_step = time.time(), start_step
     status = 'finished'
@@ -399,7 +400,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
             wait_start = time.time()
             batch = shard_batch(next(train_iter), mesh)
             input_wait += time.time() - wait_start
-            if compile_note is None:  # the run's first call compiles the step, or loads it from the cache
+            if step == start_step:  # the run's first call compiles the step, or loads it from the cache
                 with compilation_cache.CompileEvents() as events:
                     compile_start = time.time()
                     state, metrics = p_train_step(state, batch)
@@ -429,7 +430,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                     'images_per_sec': steps_per_sec * config.batch_size,
                     'input_wait_fraction': input_wait / max(elapsed, 1e-9),
                     'eta_seconds': (setup.total_steps - step) / max(overall_rate, 1e-9),
-                    **compile_note,  # the first record of each run only
+                    **compile_note,
                 }
                 compile_note = {}
                 writer.write(last_record)
