@@ -54,13 +54,18 @@ def _all_cases(impl_fn, xs, kernels, cotangents):
     return results
 
 
-@pytest.mark.parametrize('impl', IMPLS + ['shifted:polyphase'])
+@pytest.mark.parametrize('impl', IMPLS + ['shifted:polyphase', 'shifted:row_loop'])
 @pytest.mark.parametrize('dtype,tol', [(jnp.float32, F32_TOL), (jnp.bfloat16, BF16_TOL)], ids=['f32', 'bf16'])
 def test_depthwise_equals_lax(impl, dtype, tol, monkeypatch):
     if impl == 'shifted:polyphase':
         # Large strided maps take the input gradient by output phase; force it on these small ones.
         monkeypatch.setattr(layers, '_POLYPHASE_MIN_INPUT_SIZE', 0)
-        impl = 'shifted'
+    if impl == 'shifted:row_loop':
+        # Wide 3×3 layers take the kernel gradient row by row; force it on every case here.
+        monkeypatch.setattr(layers, '_ROW_LOOP_MIN_CHANNELS', 0)
+        monkeypatch.setattr(layers, '_ROW_LOOP_MIN_OUTPUT_SIZE', 0)
+        monkeypatch.setattr(layers, '_ROW_LOOP_MAX_TAPS', 25)
+    impl = impl.split(':')[0]
     rng = np.random.default_rng(0)
     xs, kernels, cotangents = [], [], []
     for (height, width), k, strides, style in CASES:
@@ -76,6 +81,38 @@ def test_depthwise_equals_lax(impl, dtype, tol, monkeypatch):
         for name, a, e in zip(('value', 'grad x', 'grad kernel'), act, exp):
             assert a.dtype == e.dtype
             _assert_close(a, e, tol, f'{impl} {name} {height}x{width} k{k} s{strides} {style} {dtype.__name__}')
+
+
+def _kernel_gradient_loops(shape, kernel_size, strides):
+    """How many loops the shifted depthwise backward pass at this shape traces (the row loop's)."""
+    x = jax.ShapeDtypeStruct(shape, jnp.float32)
+    kernel = jax.ShapeDtypeStruct((kernel_size, kernel_size, 1, shape[-1]), jnp.float32)
+    grad = jax.grad(lambda a, b: jnp.sum(layers.depthwise_conv(a, b, strides, 'SAME', 'shifted')), (0, 1))
+    jaxpr = str(jax.make_jaxpr(grad)(x, kernel))
+    return jaxpr.count('scan[') + jaxpr.count('while[')    # fori_loop with static bounds is a scan
+
+
+def test_row_loop_kernel_gradient_only_on_wide_3x3_layers():
+    # The measured rule: 3×3, ≥ 64 channels, ≥ 14×14 outputs (MobileNetV1's 14×14×512 blocks, say).
+    assert _kernel_gradient_loops((2, 14, 14, 64), 3, 1) == 1
+    assert _kernel_gradient_loops((2, 28, 28, 64), 3, 2) == 1
+    assert _kernel_gradient_loops((2, 14, 14, 32), 3, 1) == 0      # narrow
+    assert _kernel_gradient_loops((2, 7, 7, 1024), 3, 1) == 0      # small map
+    assert _kernel_gradient_loops((2, 14, 14, 64), 3, 2) == 0      # 7×7 outputs
+    assert _kernel_gradient_loops((2, 14, 14, 64), 5, 1) == 0      # 5×5
+
+
+def test_row_loop_kernel_gradient_on_a_wide_layer():
+    # A shape the rule sends through the loop, against lax's kernel gradient (strides 1 and 2).
+    rng = np.random.default_rng(3)
+    x = jnp.asarray(rng.standard_normal((2, 28, 29, 64)), jnp.float32)     # 14×15 outputs at stride 2
+    kernel = jnp.asarray(rng.standard_normal((3, 3, 1, 64)), jnp.float32)
+    for strides, padding in ((1, 'SAME'), (2, ((1, 1), (1, 1)))):
+        loss = lambda fn: (lambda a, b: jnp.sum(jnp.sin(fn(a, b, strides, padding))))
+        ours = jax.jit(jax.grad(loss(lambda a, b, s, p: layers.depthwise_conv(a, b, s, p, 'shifted')), (0, 1)))
+        expected = jax.grad(loss(_lax_depthwise), (0, 1))(x, kernel)
+        for name, a, e in zip(('grad x', 'grad kernel'), ours(x, kernel), expected):
+            _assert_close(a, e, F32_TOL, f'{name} s{strides}')
 
 
 def test_depthwise_under_jit_matches_eager():

@@ -517,8 +517,60 @@ def _pad_hw(x, pads: tuple, value=0, materialize: bool = False):
     return jax.lax.optimization_barrier(xp) if materialize else xp
 
 
+# The depthwise kernel gradient of a 3×3 layer with at least this many channels and output positions
+# is accumulated row by row in a loop (`_depthwise_kernel_grad_by_rows`); other layers take the one
+# variadic reduction (`_depthwise_kernel_grad_by_reduction`). Whole train steps, batch 16 at 224,
+# alternating runs of both programs in one process (2-core Xeon, tcmalloc), step time with the loop ÷
+# without: MobileNetV1 0.92, 0.94, 0.91; MobileNetV1 shallow 0.88; MobileNetV2 0.96;
+# MobileNetV3-Large 0.94–0.97; ShuffleNetV2 0.97; ShuffleNetV1 1.00; the CIFAR models at batch 64
+# 1.00 and 1.01. Per layer the loop is slower over 32 channels (16×112×112×32: 17–26 → 30–35 ms) and
+# on 7×7 maps (16×7×7×1024: 0.7 → 2.2 ms). On 5×5 kernels it gave MobileNetV3-Large no more speed
+# and 25 small kernels per loop to compile (about +4 s), hence 3×3 only.
+_ROW_LOOP_MIN_CHANNELS = 64
+_ROW_LOOP_MIN_OUTPUT_SIZE = 14 * 14
+_ROW_LOOP_MAX_TAPS = 3 * 3
+
+
 def _depthwise_kernel_grad(xp, dy, kernel_hw: tuple, strides: int):
-    """dk[i, j, 0, c] = sum_{n,h,w} xp[n, i + s h, j + s w, c] · dy[n, h, w, c], accumulated in f32.
+    """dk[i, j, 0, c] = sum_{n,h,w} xp[n, i + s h, j + s w, c] · dy[n, h, w, c], accumulated in f32."""
+    if (dy.shape[3] >= _ROW_LOOP_MIN_CHANNELS and dy.shape[1] * dy.shape[2] >= _ROW_LOOP_MIN_OUTPUT_SIZE
+            and kernel_hw[0] * kernel_hw[1] <= _ROW_LOOP_MAX_TAPS):
+        return _depthwise_kernel_grad_by_rows(xp, dy, kernel_hw, strides)
+    return _depthwise_kernel_grad_by_reduction(xp, dy, kernel_hw, strides)
+
+
+def _depthwise_kernel_grad_by_rows(xp, dy, kernel_hw: tuple, strides: int):
+    """The depthwise kernel gradient as k² running (n, w, c) sums over the output rows, in a loop.
+
+    Each iteration reads the k input rows that output row h sees and adds tap·dy for every tap to
+    its own accumulator: k² plain elementwise multiply-adds along the channel axis, which XLA:CPU
+    vectorizes (the one variadic reduction of `_depthwise_kernel_grad_by_reduction` is emitted as
+    scalar code). The accumulators are summed over (n, w) at the end. One 3×3 layer alone (ms,
+    reduction → loop): 16×56×56×128 23–35 → 13–15; 16×28×28×256 20 → 7–8; 16×14×14×512 8–10 → 3.5–4.4;
+    16×56×56×128 at stride 2 (28×28 outputs) 11–19 → 4–5.5; 16×112×112×64 at stride 2 23 → 10–11.
+    A loop rather than a sum unrolled over h keeps the program small; the per-iteration cost of its
+    k² small kernels (tens of µs) is why narrow or small layers keep the reduction.
+    """
+    kh, kw = kernel_hw
+    batch, out_h, out_w, channels = dy.shape
+    acc = _accumulation_dtype(dy.dtype)
+    taps = [(i, j) for i in range(kh) for j in range(kw)]
+
+    def add_row(h, sums):
+        rows = jax.lax.dynamic_slice(xp, (0, h * strides, 0, 0), (batch, kh, xp.shape[2], channels))
+        dy_row = jax.lax.dynamic_slice(dy, (0, h, 0, 0), (batch, 1, out_w, channels))[:, 0].astype(acc)
+        return tuple(
+            total + jax.lax.slice(rows, (0, i, j, 0), (batch, i + 1, j + (out_w - 1) * strides + 1, channels),
+                                  (1, 1, strides, 1))[:, 0].astype(acc) * dy_row
+            for total, (i, j) in zip(sums, taps))
+
+    zeros = jnp.zeros((batch, out_w, channels), acc)
+    sums = jax.lax.fori_loop(0, out_h, add_row, (zeros,) * len(taps))
+    return jnp.stack([total.reshape(-1, channels).sum(axis=0) for total in sums]).reshape(kh, kw, 1, channels)
+
+
+def _depthwise_kernel_grad_by_reduction(xp, dy, kernel_hw: tuple, strides: int):
+    """The depthwise kernel gradient as one variadic reduction of all k² tap products over w.
 
     Written as k² separate `sum(tap * dy)`, XLA:CPU materializes every shifted tap before reducing
     it (k² extra passes over the activation). Here all k² products are the operands of one variadic
@@ -537,11 +589,12 @@ def _depthwise_kernel_grad(xp, dy, kernel_hw: tuple, strides: int):
     reducing over w was the faster choice at every map size: the 13 kernel gradients of a
     MobileNetV1-224 batch-16 step took 132 ms over w against 174 ms with (h, w) for maps up to 32×32.
 
-    It is still the largest cost outside YNNPACK's GEMMs and reductions (111 ms of a 588 ms
+    It was still the largest cost outside YNNPACK's GEMMs and reductions (111 ms of a 588 ms
     MobileNetV2-224 batch-16 step) because XLA:CPU emits a variadic reduction as scalar code: the
     optimized LLVM IR of this fusion (`--xla_dump_to`, 16×56×56×128) has no vector type. Tree sums
     (tap products halved elementwise over h and n), which the loop emitter does vectorize, were slower
-    at 5 of 7 layer shapes and compiled 5–10× slower.
+    at 5 of 7 layer shapes and compiled 5–10× slower. Wide 3×3 layers now take
+    `_depthwise_kernel_grad_by_rows` instead.
     """
     acc = _accumulation_dtype(dy.dtype)
     dy_acc = dy.astype(acc)
