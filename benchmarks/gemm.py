@@ -53,7 +53,8 @@ def main(argv=None):
             import torch
         except ImportError:
             pass
-    print(f'# JAX {jax.__version__} on {jax.default_backend()}; PyTorch {torch.__version__ if torch else "-"}; '
+    host = cli_utils.host_cpu()
+    print(f'# {host}; JAX {jax.__version__} on {jax.default_backend()}; PyTorch {torch.__version__ if torch else "-"}; '
           f'float32; allocator: {cli_utils.preloaded_allocator() or "glibc malloc"}')
     print(f'{"M x K x N":>22s} {"jax GFLOP/s":>12s}' + (f' {"torch GFLOP/s":>14s} {"jax/torch":>10s}' if torch else ''))
     rows = []
@@ -67,7 +68,7 @@ def main(argv=None):
             a_torch, b_torch = torch.from_numpy(a), torch.from_numpy(b)
             runners['torch'] = lambda: torch.mm(a_torch, b_torch)
         # _interleaved_rates reports batch_size / seconds: with 2·M·K·N / 1e9 as the "batch", GFLOP/s.
-        row = dict(m=m, k=k, n=n)
+        row = dict(m=m, k=k, n=n, host_cpu=host)
         with cli_utils.record_steal(row):
             rates = row['gflops'] = _interleaved_rates(runners, 2 * m * k * n / 1e9, warmup=3,
                                                        repeats=args.repeats, settle_s=args.settle_s)

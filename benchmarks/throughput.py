@@ -158,7 +158,9 @@ def compile_times(args):
     one JSON line per model. With `--compilation_cache_dir`, a second run shows the time to load each step
     from JAX's persistent cache instead (marked '(cache)', `from_cache` in the JSON)."""
     impls = [i for i in args.impls.split(',') if i]
-    print(f'# JAX {jax.__version__} on {jax.default_backend()}; train-step compile seconds; batch {args.batch_size}; '
+    host = cli_utils.host_cpu()
+    print(f'# {host}; JAX {jax.__version__} on {jax.default_backend()}; train-step compile seconds; '
+          f'batch {args.batch_size}; '
           f'allocator: {cli_utils.preloaded_allocator() or "glibc malloc"}')
     print(f'{"model":22s} {"res":>4s} ' + ' '.join(f'{i:>18s}' for i in impls), flush=True)
     rows = []
@@ -172,7 +174,7 @@ def compile_times(args):
         print(f'{name:22s} {size:4d} ' + ' '.join(
             f'{seconds[i]:.1f}s{" (cache)" if from_cache[i] else ""}'.rjust(18) for i in impls), flush=True)
         row = dict(model=name, image_size=size, batch_size=args.batch_size, compile_s=seconds,
-                   from_cache=from_cache)
+                   from_cache=from_cache, host_cpu=host)
         print('JSON ' + json.dumps(row), flush=True)
         rows.append(row)
     return rows
@@ -217,7 +219,8 @@ def main(argv=None):
     impls = [i for i in args.impls.split(',') if i]
     auto = layers.resolve_depthwise_impl('auto')
     allocator = cli_utils.preloaded_allocator() or 'glibc malloc'
-    print(f'# JAX {jax.__version__} on {jax.default_backend()} ({jax.devices()[0].device_kind}); '
+    host = cli_utils.host_cpu()
+    print(f'# {host}; JAX {jax.__version__} on {jax.default_backend()} ({jax.devices()[0].device_kind}); '
           f'auto -> {auto}; PyTorch {torch_version or "not installed"}; batch {args.batch_size}; {args.dtype}; '
           f'allocator: {allocator}')
     header = (f'{"model":22s} {"res":>4s} ' + ' '.join(f'{i + " tr/inf/comp":>28s}' for i in impls)
@@ -231,7 +234,7 @@ def main(argv=None):
         groups = spec.default_groups
         num_classes = spec.default_num_classes
         result = dict(model=name, batch_size=args.batch_size, image_size=size, alpha=args.alpha,
-                      dtype=args.dtype, backend=jax.default_backend(), auto=auto, allocator=allocator, jax={},
+                      dtype=args.dtype, backend=jax.default_backend(), auto=auto, allocator=allocator, host_cpu=host, jax={},
                       torch={})
         for impl in impls:
             result['jax'][impl] = jax_benchmark(name, impl, args, num_classes, groups, size)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import glob
 import os
+import platform
 import sys
 from typing import Optional
 
@@ -82,6 +83,23 @@ def preloaded_allocator(maps_text: Optional[str] = None) -> Optional[str]:
         if f'/lib{name}' in maps_text:
             return name
     return None
+
+
+def host_cpu(cpuinfo_text: Optional[str] = None) -> str:
+    """'<CPU model name>, <n> CPUs' of this machine from Linux's /proc/cpuinfo (`cpuinfo_text` defaults to
+    it), else Python's `platform` guess. Benchmarks print it: this project's VMs have been Intel Xeon and
+    AMD EPYC hosts, and ratios against PyTorch differ between the two (README, "Performance")."""
+    if cpuinfo_text is None:
+        try:
+            with open('/proc/cpuinfo') as f:
+                cpuinfo_text = f.read()
+        except OSError:
+            cpuinfo_text = ''
+    names = [line.split(':', 1)[1].strip() for line in cpuinfo_text.splitlines()
+             if line.startswith('model name') and ':' in line]
+    if names:
+        return f'{names[0]}, {len(names)} CPUs'
+    return f'{platform.processor() or platform.machine() or "unknown CPU"}, {os.cpu_count()} CPUs'
 
 
 def cpu_times(stat_path: str = '/proc/stat') -> Optional[tuple]:

@@ -7,6 +7,7 @@ import pytest
 
 import mobilenets_jax as mj
 from benchmarks import throughput
+from mobilenets_jax import cli_utils
 
 
 def test_throughput_reports_rates_and_compile_time(capsys):
@@ -21,7 +22,10 @@ def test_throughput_reports_rates_and_compile_time(capsys):
     assert result['params'] == sum(int(np.prod(x.shape)) for x in jax.tree.leaves(variables['params']))
     assert row['torch'] == {} and 'ratio' not in row
     assert row['steal'] is None or 0 <= row['steal'] <= 1
-    assert any(line.startswith('JSON ') for line in capsys.readouterr().out.splitlines())
+    assert row['host_cpu'] == cli_utils.host_cpu()
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith(f'# {row["host_cpu"]}; JAX ')
+    assert any(line.startswith('JSON ') for line in out)
 
 
 def test_compile_only_reports_each_impl():
@@ -86,6 +90,7 @@ def test_gemm_benchmark_reports_gflops():
     (row,) = gemm.main(['--shapes=64,32,16', '--repeats=2', '--no_torch'])
     assert (row['m'], row['k'], row['n']) == (64, 32, 16)
     assert set(row['gflops']) == {'jax'} and row['gflops']['jax'] > 0 and 'ratio' not in row
+    assert row['host_cpu'] == cli_utils.host_cpu()
     assert row['steal'] is None or 0 <= row['steal'] <= 1
     for bad in ('64,32', '64,x,16', '64,0,16'):
         with pytest.raises(SystemExit):

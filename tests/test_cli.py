@@ -52,6 +52,16 @@ def test_start_rejects_stray_arguments_before_touching_devices():
         cli_utils.start(['train.py', 'extra', '--oops'])
 
 
+def test_host_cpu_names_the_model_and_the_cpu_count():
+    """Benchmarks name the host: the first 'model name' of /proc/cpuinfo and how many CPUs list one."""
+    cpuinfo = ('processor\t: 0\nvendor_id\t: AuthenticAMD\nmodel name\t: AMD EPYC 9R14\nflags\t\t: fpu avx512f\n\n'
+               'processor\t: 1\nvendor_id\t: AuthenticAMD\nmodel name\t: AMD EPYC 9R14\nflags\t\t: fpu avx512f\n')
+    assert cli_utils.host_cpu(cpuinfo) == 'AMD EPYC 9R14, 2 CPUs'
+    # Without 'model name' lines (some ARM kernels): Python's own guess and os.cpu_count().
+    assert cli_utils.host_cpu('processor\t: 0\nBogoMIPS\t: 50.00\n').endswith(f', {os.cpu_count()} CPUs')
+    assert cli_utils.host_cpu().endswith(' CPUs')       # this machine's own /proc/cpuinfo
+
+
 def test_steal_is_read_from_proc_stat(tmp_path):
     """The hypervisor's share (steal) is the 8th number of /proc/stat's 'cpu' line over the first 8."""
     stat = tmp_path / 'stat'
