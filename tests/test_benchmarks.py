@@ -1,4 +1,5 @@
 """The throughput benchmark runs end to end on a tiny configuration (without PyTorch, which CI lacks)."""
+import json
 import time
 
 import jax
@@ -7,7 +8,7 @@ import pytest
 
 import mobilenets_jax as mj
 from benchmarks import throughput
-from mobilenets_jax import cli_utils
+from mobilenets_jax import cli_utils, cost
 
 
 def test_throughput_reports_rates_and_compile_time(capsys):
@@ -98,3 +99,49 @@ def test_gemm_benchmark_reports_gflops():
     for bad in ('-1', 'x', 'nan'):
         with pytest.raises(SystemExit):
             gemm.main([f'--settle_s={bad}', '--no_torch'])
+
+
+def test_gemm_floor_counts_the_matrix_products_of_a_step():
+    """MobileNetV1-224: every mult-add but the depthwise ones (17,385,984 by hand: Σ out_h·out_w·9·c over
+    the 13 blocks), three times in training less the stem's input gradient (112²·27·32 = 10,838,016)."""
+    from benchmarks import gemm_floor
+    model = mj.create_model('mobilenet_v1', num_classes=1000)
+    macs = gemm_floor.gemm_macs('mobilenet_v1', 224)
+    assert macs['infer'] == cost.count_macs(model, 224) - 17_385_984
+    assert macs['train'] == 3 * macs['infer'] - 10_838_016
+    # The conv baseline's stride-1 dense 3×3 layers take Winograd in float32 on CPU: 4/9 of their
+    # 3,930,587,136 mult-adds (112²·9·32·64 + 8 layers of 462,422,016); in bfloat16 all of them count.
+    direct = gemm_floor.gemm_macs('mobilenet_v1_conv', 224, dtype='bfloat16')
+    winograd = gemm_floor.gemm_macs('mobilenet_v1_conv', 224, dtype='float32')
+    assert direct['infer'] - winograd['infer'] == pytest.approx(5 / 9 * 3_930_587_136)
+    assert gemm_floor.gemm_macs('mobilenet_v1_conv', 224, backend='gpu') == direct
+
+
+def test_gemm_floor_of_a_throughput_log(tmp_path, capsys):
+    from benchmarks import gemm_floor
+    result = dict(model='cifar_mobilenet_v2', batch_size=8, image_size=32, alpha=1.0, dtype='float32',
+                  backend='cpu', jax={'shifted': {'train': 100.0, 'infer': 1000.0}},
+                  torch={'nchw': {'train': 50.0, 'infer': 400.0}, 'channels_last': {'train': 80.0, 'infer': 500.0}})
+    throughput_log = tmp_path / 'tp.log'
+    throughput_log.write_text('# header\nsome table line\nJSON ' + json.dumps(result) + '\n')
+    gemm_log = tmp_path / 'gemm.log'
+    gemm_log.write_text(''.join('JSON ' + json.dumps({'m': 1, 'k': 1, 'n': 1, 'gflops': {'jax': g, 'torch': 1.0}})
+                                + '\n' for g in (80.0, 125.0, 100.0)))
+    (row,) = gemm_floor.main([f'--throughput_log={throughput_log}', f'--gemm_log={gemm_log}'])
+    macs = gemm_floor.gemm_macs('cifar_mobilenet_v2', 32)
+    assert row['gemm_gflops'] == 125.0                           # the best rate of the log
+    assert row['train_floor_ms'] == pytest.approx(2 * macs['train'] * 8 / 125e9 * 1e3)
+    assert row['infer_floor_ms'] == pytest.approx(2 * macs['infer'] * 8 / 125e9 * 1e3)
+    assert row['train_target_ms'] == pytest.approx(8 / (1.5 * 80) * 1e3)    # the faster layout
+    assert row['infer_target_ms'] == pytest.approx(8 / (1.5 * 500) * 1e3)
+    assert row['train_jax_ms'] == pytest.approx(80.0) and row['infer_jax_ms'] == pytest.approx(8.0)
+    assert row['train_headroom_ms'] == pytest.approx(row['train_target_ms'] - row['train_floor_ms'])
+    assert any(line.startswith('JSON ') for line in capsys.readouterr().out.splitlines())
+    # --gemm_gflops overrides the log; bad input is refused before anything is traced.
+    (row,) = gemm_floor.main([f'--throughput_log={throughput_log}', '--gemm_gflops=250'])
+    assert row['train_floor_ms'] == pytest.approx(2 * macs['train'] * 8 / 250e9 * 1e3)
+    for bad in (['--gemm_gflops=0'], ['--gemm_gflops=-3']):
+        with pytest.raises(SystemExit):
+            gemm_floor.main([f'--throughput_log={throughput_log}', *bad])
+    with pytest.raises(SystemExit):
+        gemm_floor.main([f'--throughput_log={gemm_log}', '--gemm_gflops=100'])    # no throughput row in it

@@ -1,0 +1,135 @@
+"""The fastest step each model could take if everything but its matrix products were free, next to the
+1.5×-PyTorch target of issue 6 (README, "Performance").
+
+    python benchmarks/throughput.py --batch_size=16 --impls=shifted --models=mobilenet_v1,mobilenet_v2 > tp.log
+    python benchmarks/gemm.py > gemm.log
+    python benchmarks/gemm_floor.py --throughput_log=tp.log --gemm_log=gemm.log
+
+For each JSON row of `throughput.py`'s log, from the model's layer shapes (`cost.layer_costs`, no
+compilation): the mult-adds of its matrix products per image, i.e. every convolution but the depthwise
+ones (1×1, grouped 1×1, the stem, the dense 3×3 of the conv baseline) and the classifier. A training
+step computes each of them three times (forward, input gradient, weight gradient), except the input
+gradient of the first layer, which nothing needs; inference once. Dense 3×3 stride-1 float32 layers run
+as Winograd F(2×2, 3×3) on CPU (`layers._winograd_applies`): 16 products per 2×2 output tile instead
+of 36, so they count 4/9 of their mult-adds (their tile transforms are not counted).
+
+    floor_ms  = 2 · mult-adds · batch / GEMM rate
+    target_ms = batch / (1.5 · the faster PyTorch layout's images/sec)      (the same row)
+    headroom  = target_ms − floor_ms: what all other work (BatchNorm, depthwise, activations, the
+                optimizer update) may take together for JAX to reach the target
+
+The GEMM rate is the best GFLOP/s of `gemm.py`'s log (`--gemm_log`), or `--gemm_gflops`, or, with
+neither, measured now with `gemm.py`'s shapes. The best rate over shapes is optimistic (the narrow
+layers run slower), so each floor is lower than a real step could be: where it is above the target,
+the target cannot be reached with these GEMMs. Prints a table and one JSON line per row (`JSON `).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import mobilenets_jax as mj  # noqa: E402
+from mobilenets_jax import cost  # noqa: E402
+
+TARGET_RATIO = 1.5
+WINOGRAD_SHARE = 4 / 9     # F(2×2, 3×3): 16 products per 4 outputs against 9 per output
+
+
+def _is_winograd(row: dict, dtype: str, backend: str) -> bool:
+    """Whether this layer row takes Winograd in the JAX program (`layers._winograd_applies`)."""
+    input_shape, output_shape = row['input_shape'], row['output_shape']
+    return (row['kind'] == 'conv' and row['kernel'] == (3, 3) and dtype == 'float32' and backend == 'cpu'
+            and input_shape[-1] > 4 and input_shape[1:3] == output_shape[1:3])
+
+
+def gemm_macs(name: str, image_size: int, alpha: float = 1.0, dtype: str = 'float32',
+              backend: str = 'cpu') -> dict:
+    """{'train', 'infer'}: mult-adds of the matrix products of one image's training step and inference."""
+    spec = mj.get_spec(name)
+    model = mj.create_model(name, num_classes=spec.default_num_classes, alpha=alpha, groups=spec.default_groups)
+    rows = cost.layer_costs(model, image_size)
+    per_layer = [row['macs'] * (WINOGRAD_SHARE if _is_winograd(row, dtype, backend) else 1.0)
+                 for row in rows if row['kind'] != 'depthwise']
+    infer = sum(per_layer)
+    # rows[0] is the stem (layer_costs is in execution order): no input gradient for the images.
+    first = per_layer[0] if rows[0]['kind'] != 'depthwise' else 0.0
+    return {'train': 3 * infer - first, 'infer': infer}
+
+
+def read_json_lines(path: str) -> list[dict]:
+    """The `JSON ` lines of a benchmark log, parsed."""
+    with open(path) as log:
+        return [json.loads(line[len('JSON '):]) for line in log if line.startswith('JSON ')]
+
+
+def best_gemm_gflops(rows: list[dict]) -> float:
+    rates = [row['gflops']['jax'] for row in rows if 'gflops' in row]
+    if not rates:
+        raise ValueError('the GEMM log holds no gemm.py JSON line with a jax rate')
+    return max(rates)
+
+
+def floor_row(result: dict, gflops: float) -> dict:
+    """The floor, target and headroom (ms per batch) of one throughput.py JSON row."""
+    name, batch = result['model'], result['batch_size']
+    macs = gemm_macs(name, result['image_size'], result.get('alpha', 1.0), result.get('dtype', 'float32'),
+                     result.get('backend', 'cpu'))
+    jax_rates = {mode: max(r[mode] for r in result['jax'].values()) for mode in ('train', 'infer')}
+    row = dict(model=name, batch_size=batch, image_size=result['image_size'], gemm_gflops=gflops,
+               gemm_macs_per_image=macs, host_cpu=result.get('host_cpu'))
+    for mode in ('train', 'infer'):
+        floor = 2 * macs[mode] * batch / (gflops * 1e9) * 1e3
+        row[f'{mode}_floor_ms'] = floor
+        row[f'{mode}_jax_ms'] = batch / jax_rates[mode] * 1e3
+        if result.get('torch'):
+            best_torch = max(r[mode] for r in result['torch'].values())
+            target = batch / (TARGET_RATIO * best_torch) * 1e3
+            row[f'{mode}_target_ms'] = target
+            row[f'{mode}_headroom_ms'] = target - floor
+    return row
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('--throughput_log', required=True, help="a log of throughput.py (its 'JSON ' lines)")
+    parser.add_argument('--gemm_log', default='', help="a log of gemm.py: the best jax GFLOP/s in it is the rate")
+    parser.add_argument('--gemm_gflops', type=float, default=None, help='the GEMM rate, instead of --gemm_log')
+    args = parser.parse_args(argv)
+    if args.gemm_gflops is not None and not args.gemm_gflops > 0:
+        parser.error(f'--gemm_gflops={args.gemm_gflops}: expected a positive rate')
+    results = [r for r in read_json_lines(args.throughput_log) if 'jax' in r]
+    if not results:
+        parser.error(f'{args.throughput_log}: no throughput.py JSON line with JAX rates in it')
+    if args.gemm_gflops is not None:
+        gflops = args.gemm_gflops
+    elif args.gemm_log:
+        gflops = best_gemm_gflops(read_json_lines(args.gemm_log))
+    else:
+        from benchmarks import gemm
+        gflops = best_gemm_gflops(gemm.main(['--no_torch', '--repeats=5']))
+    print(f'# GEMM rate {gflops:.0f} GFLOP/s; ms per batch: floor (matrix products only) / 1.5x-PyTorch '
+          'target / JAX now; headroom = target - floor')
+    print(f'{"model":22s} {"batch":>5s} {"res":>4s} {"train floor/target/jax":>24s} {"headroom":>9s}  '
+          f'{"infer floor/target/jax":>24s} {"headroom":>9s}')
+    rows = []
+    for result in results:
+        row = floor_row(result, gflops)
+        cells = []
+        for mode in ('train', 'infer'):
+            target, headroom = row.get(f'{mode}_target_ms'), row.get(f'{mode}_headroom_ms')
+            cells.append(f'{row[f"{mode}_floor_ms"]:7.0f}/{target if target is not None else float("nan"):7.0f}/'
+                         f'{row[f"{mode}_jax_ms"]:7.0f}'.rjust(24))
+            cells.append(f'{headroom:9.0f}' if headroom is not None else f'{"-":>9s}')
+        print(f'{row["model"]:22s} {row["batch_size"]:5d} {row["image_size"]:4d} {cells[0]} {cells[1]}  '
+              f'{cells[2]} {cells[3]}', flush=True)
+        print('JSON ' + json.dumps(row), flush=True)
+        rows.append(row)
+    return rows
+
+
+if __name__ == '__main__':
+    main()
