@@ -11,7 +11,8 @@ ones (1×1, grouped 1×1, the stem, the dense 3×3 of the conv baseline) and the
 step computes each of them three times (forward, input gradient, weight gradient), except the input
 gradient of the first layer, which nothing needs; inference once. Dense 3×3 stride-1 float32 layers run
 as Winograd F(2×2, 3×3) on CPU (`layers._winograd_applies`): 16 products per 2×2 output tile instead
-of 36, so they count 4/9 of their mult-adds (their tile transforms are not counted).
+of 36, over ⌈h/2⌉·⌈w/2⌉ tiles (4/9 of the direct mult-adds on even maps; a 7×7 map has 16 tiles); their
+tile transforms are not counted.
 
     floor_ms  = 2 · mult-adds · batch / GEMM rate
     target_ms = batch / (1.5 · the faster PyTorch layout's images/sec)      (the same row)
@@ -26,24 +27,41 @@ the target cannot be reached with these GEMMs. Prints a table and one JSON line 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import math
 import os
 import sys
+from typing import Optional
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import mobilenets_jax as mj  # noqa: E402
+from benchmarks import throughput  # noqa: E402
 from mobilenets_jax import cost  # noqa: E402
 
 TARGET_RATIO = 1.5
-WINOGRAD_SHARE = 4 / 9     # F(2×2, 3×3): 16 products per 4 outputs against 9 per output
+WINOGRAD_TILE_PRODUCTS = 16     # F(2×2, 3×3): a 4×4 input tile times the transformed 4×4 kernel
 
 
 def _is_winograd(row: dict, dtype: str, backend: str) -> bool:
-    """Whether this layer row takes Winograd in the JAX program (`layers._winograd_applies`)."""
+    """Whether this layer row takes Winograd in the JAX program (`layers._winograd_applies`).
+
+    Layer rows carry no stride or padding, so stride 1 is read from equal input and output sizes; every
+    3×3 dense convolution of the zoo is a `layers.Conv2D` with 'SAME' or symmetric padding of 1, which
+    `_winograd_applies` accepts.
+    """
     input_shape, output_shape = row['input_shape'], row['output_shape']
     return (row['kind'] == 'conv' and row['kernel'] == (3, 3) and dtype == 'float32' and backend == 'cpu'
             and input_shape[-1] > 4 and input_shape[1:3] == output_shape[1:3])
+
+
+def _matrix_product_macs(row: dict, dtype: str, backend: str) -> int:
+    if not _is_winograd(row, dtype, backend):
+        return row['macs']
+    batch, height, width, cout = row['output_shape']
+    tiles = batch * -(-height // 2) * -(-width // 2)
+    return tiles * WINOGRAD_TILE_PRODUCTS * row['input_shape'][-1] * cout
 
 
 def gemm_macs(name: str, image_size: int, alpha: float = 1.0, dtype: str = 'float32',
@@ -52,25 +70,34 @@ def gemm_macs(name: str, image_size: int, alpha: float = 1.0, dtype: str = 'floa
     spec = mj.get_spec(name)
     model = mj.create_model(name, num_classes=spec.default_num_classes, alpha=alpha, groups=spec.default_groups)
     rows = cost.layer_costs(model, image_size)
-    per_layer = [row['macs'] * (WINOGRAD_SHARE if _is_winograd(row, dtype, backend) else 1.0)
-                 for row in rows if row['kind'] != 'depthwise']
+    per_layer = [_matrix_product_macs(row, dtype, backend) for row in rows if row['kind'] != 'depthwise']
     infer = sum(per_layer)
     # rows[0] is the stem (layer_costs is in execution order): no input gradient for the images.
-    first = per_layer[0] if rows[0]['kind'] != 'depthwise' else 0.0
+    first = per_layer[0] if rows[0]['kind'] != 'depthwise' else 0
     return {'train': 3 * infer - first, 'infer': infer}
 
 
 def read_json_lines(path: str) -> list[dict]:
-    """The `JSON ` lines of a benchmark log, parsed."""
-    with open(path) as log:
-        return [json.loads(line[len('JSON '):]) for line in log if line.startswith('JSON ')]
+    """The `JSON ` lines of a benchmark log, parsed; a ValueError names the file and line it cannot read."""
+    try:
+        with open(path) as log:
+            lines = log.read().splitlines()
+    except OSError as error:
+        raise ValueError(f'{path}: {error.strerror or error}') from None
+    rows = []
+    for number, line in enumerate(lines, 1):
+        if line.startswith('JSON '):
+            try:
+                rows.append(json.loads(line[len('JSON '):]))
+            except json.JSONDecodeError as error:
+                raise ValueError(f'{path}:{number}: not a JSON line ({error.msg})') from None
+    return rows
 
 
-def best_gemm_gflops(rows: list[dict]) -> float:
-    rates = [row['gflops']['jax'] for row in rows if 'gflops' in row]
-    if not rates:
-        raise ValueError('the GEMM log holds no gemm.py JSON line with a jax rate')
-    return max(rates)
+def best_gemm_gflops(rows: list[dict]) -> Optional[float]:
+    """The best jax GFLOP/s of gemm.py's JSON rows; None if there is none."""
+    rates = [row['gflops']['jax'] for row in rows if 'jax' in row.get('gflops', {})]
+    return max(rates) if rates else None
 
 
 def floor_row(result: dict, gflops: float) -> dict:
@@ -78,7 +105,7 @@ def floor_row(result: dict, gflops: float) -> dict:
     name, batch = result['model'], result['batch_size']
     macs = gemm_macs(name, result['image_size'], result.get('alpha', 1.0), result.get('dtype', 'float32'),
                      result.get('backend', 'cpu'))
-    jax_rates = {mode: max(r[mode] for r in result['jax'].values()) for mode in ('train', 'infer')}
+    jax_rates = throughput.best_rates(result['jax'])
     row = dict(model=name, batch_size=batch, image_size=result['image_size'], gemm_gflops=gflops,
                gemm_macs_per_image=macs, host_cpu=result.get('host_cpu'))
     for mode in ('train', 'infer'):
@@ -86,8 +113,7 @@ def floor_row(result: dict, gflops: float) -> dict:
         row[f'{mode}_floor_ms'] = floor
         row[f'{mode}_jax_ms'] = batch / jax_rates[mode] * 1e3
         if result.get('torch'):
-            best_torch = max(r[mode] for r in result['torch'].values())
-            target = batch / (TARGET_RATIO * best_torch) * 1e3
+            target = batch / (TARGET_RATIO * throughput.best_rates(result['torch'])[mode]) * 1e3
             row[f'{mode}_target_ms'] = target
             row[f'{mode}_headroom_ms'] = target - floor
     return row
@@ -96,21 +122,29 @@ def floor_row(result: dict, gflops: float) -> dict:
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--throughput_log', required=True, help="a log of throughput.py (its 'JSON ' lines)")
-    parser.add_argument('--gemm_log', default='', help="a log of gemm.py: the best jax GFLOP/s in it is the rate")
-    parser.add_argument('--gemm_gflops', type=float, default=None, help='the GEMM rate, instead of --gemm_log')
+    rate = parser.add_mutually_exclusive_group()
+    rate.add_argument('--gemm_log', default='', help="a log of gemm.py: the best jax GFLOP/s in it is the rate")
+    rate.add_argument('--gemm_gflops', type=float, default=None, help='the GEMM rate in GFLOP/s')
     args = parser.parse_args(argv)
-    if args.gemm_gflops is not None and not args.gemm_gflops > 0:
-        parser.error(f'--gemm_gflops={args.gemm_gflops}: expected a positive rate')
-    results = [r for r in read_json_lines(args.throughput_log) if 'jax' in r]
+    if args.gemm_gflops is not None and not (math.isfinite(args.gemm_gflops) and args.gemm_gflops > 0):
+        parser.error(f'--gemm_gflops={args.gemm_gflops}: expected a finite rate > 0')
+    try:
+        results = [r for r in read_json_lines(args.throughput_log) if 'jax' in r]
+        gemm_rows = read_json_lines(args.gemm_log) if args.gemm_log else None
+    except ValueError as error:
+        parser.error(str(error))
     if not results:
         parser.error(f'{args.throughput_log}: no throughput.py JSON line with JAX rates in it')
     if args.gemm_gflops is not None:
         gflops = args.gemm_gflops
-    elif args.gemm_log:
-        gflops = best_gemm_gflops(read_json_lines(args.gemm_log))
+    elif gemm_rows is not None:
+        gflops = best_gemm_gflops(gemm_rows)
+        if gflops is None:
+            parser.error(f'{args.gemm_log}: no gemm.py JSON line with a jax rate in it')
     else:
         from benchmarks import gemm
-        gflops = best_gemm_gflops(gemm.main(['--no_torch', '--repeats=5']))
+        with contextlib.redirect_stdout(sys.stderr):       # gemm.py's table, not this one's JSON lines
+            gflops = best_gemm_gflops(gemm.main(['--no_torch', '--repeats=5']))
     print(f'# GEMM rate {gflops:.0f} GFLOP/s; ms per batch: floor (matrix products only) / 1.5x-PyTorch '
           'target / JAX now; headroom = target - floor')
     print(f'{"model":22s} {"batch":>5s} {"res":>4s} {"train floor/target/jax":>24s} {"headroom":>9s}  '

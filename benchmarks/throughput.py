@@ -77,6 +77,11 @@ def print_row(line, row, what):
     print('JSON ' + json.dumps(row), flush=True)
 
 
+def best_rates(contenders: dict) -> dict:
+    """{'train', 'infer'}: the best images/sec over one framework's contenders (impls or layouts) of a row."""
+    return {mode: max(rates[mode] for rates in contenders.values()) for mode in ('train', 'infer')}
+
+
 def non_negative_seconds(text):
     """argparse type of --settle_s: a number of seconds >= 0."""
     try:
@@ -234,8 +239,8 @@ def main(argv=None):
         groups = spec.default_groups
         num_classes = spec.default_num_classes
         result = dict(model=name, batch_size=args.batch_size, image_size=size, alpha=args.alpha,
-                      dtype=args.dtype, backend=jax.default_backend(), auto=auto, allocator=allocator, host_cpu=host, jax={},
-                      torch={})
+                      dtype=args.dtype, backend=jax.default_backend(), auto=auto, allocator=allocator,
+                      host_cpu=host, jax={}, torch={})
         for impl in impls:
             result['jax'][impl] = jax_benchmark(name, impl, args, num_classes, groups, size)
         if torch_version:
@@ -250,11 +255,11 @@ def main(argv=None):
                                             args.settle_s)
                 for (fw, key), rate in rates.items():
                     result[fw][key][mode] = rate
-        best_jax = {k: max(r[k] for r in result['jax'].values()) for k in ('train', 'infer')}
+        best_jax = best_rates(result['jax'])
         line = f'{name:22s} {size:4d} ' + ' '.join(
             f'{r["train"]:8.2f}/{r["infer"]:8.2f}/{r["compile_s"]:5.1f}s'.rjust(28) for r in result['jax'].values())
         if result['torch']:
-            best_torch = {k: max(r[k] for r in result['torch'].values()) for k in ('train', 'infer')}
+            best_torch = best_rates(result['torch'])
             result['ratio'] = {k: best_jax[k] / best_torch[k] for k in ('train', 'infer')}
             if auto in result['jax']:
                 result['ratio_auto'] = {k: result['jax'][auto][k] / best_torch[k] for k in ('train', 'infer')}

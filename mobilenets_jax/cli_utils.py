@@ -86,20 +86,30 @@ def preloaded_allocator(maps_text: Optional[str] = None) -> Optional[str]:
 
 
 def host_cpu(cpuinfo_text: Optional[str] = None) -> str:
-    """'<CPU model name>, <n> CPUs' of this machine from Linux's /proc/cpuinfo (`cpuinfo_text` defaults to
-    it), else Python's `platform` guess. Benchmarks print it: this project's VMs have been Intel Xeon and
-    AMD EPYC hosts, and ratios against PyTorch differ between the two (README, "Performance")."""
+    """This machine's CPU for benchmark headers, e.g. 'AMD EPYC (family 25, model 17), 2 CPUs'.
+
+    The model name, and on x86 the family and model numbers (some VMs report only 'AMD EPYC', which
+    does not tell Zen generations apart), come from the first processor of Linux's /proc/cpuinfo
+    (`cpuinfo_text` defaults to it), else from Python's `platform`. The count is the CPUs this process
+    may run on (a container's cpuinfo lists the host's). This project's VMs have been Intel Xeon and AMD
+    EPYC hosts, and the ratios against PyTorch differ between them (README, "Performance").
+    """
     if cpuinfo_text is None:
         try:
             with open('/proc/cpuinfo') as f:
                 cpuinfo_text = f.read()
         except OSError:
             cpuinfo_text = ''
-    names = [line.split(':', 1)[1].strip() for line in cpuinfo_text.splitlines()
-             if line.startswith('model name') and ':' in line]
-    if names:
-        return f'{names[0]}, {len(names)} CPUs'
-    return f'{platform.processor() or platform.machine() or "unknown CPU"}, {os.cpu_count()} CPUs'
+    first = {}
+    for line in cpuinfo_text.split('\n\n')[0].splitlines():
+        key, sep, value = line.partition(':')
+        if sep:
+            first.setdefault(key.strip(), value.strip())
+    name = first.get('model name') or platform.processor() or platform.machine() or 'unknown CPU'
+    if 'cpu family' in first and 'model' in first:
+        name += f' (family {first["cpu family"]}, model {first["model"]})'
+    count = len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count()
+    return f'{name}, {count} CPUs'
 
 
 def cpu_times(stat_path: str = '/proc/stat') -> Optional[tuple]:

@@ -11,7 +11,8 @@ from benchmarks import throughput
 from mobilenets_jax import cli_utils, cost
 
 
-def test_throughput_reports_rates_and_compile_time(capsys):
+def test_throughput_reports_rates_and_compile_time(capsys, monkeypatch):
+    monkeypatch.setattr(cli_utils, 'host_cpu', lambda: 'Test CPU (family 1, model 2), 2 CPUs')
     rows = throughput.main(['--models=cifar_mobilenet_v2', '--alpha=0.5', '--batch_size=8', '--image_size=16',
                             '--impls=shifted', '--repeats=1', '--warmup=1', '--no_torch'])
     (row,) = rows
@@ -23,9 +24,9 @@ def test_throughput_reports_rates_and_compile_time(capsys):
     assert result['params'] == sum(int(np.prod(x.shape)) for x in jax.tree.leaves(variables['params']))
     assert row['torch'] == {} and 'ratio' not in row
     assert row['steal'] is None or 0 <= row['steal'] <= 1
-    assert row['host_cpu'] == cli_utils.host_cpu()
+    assert row['host_cpu'] == 'Test CPU (family 1, model 2), 2 CPUs'
     out = capsys.readouterr().out.splitlines()
-    assert out[0].startswith(f'# {row["host_cpu"]}; JAX ')
+    assert out[0].startswith('# Test CPU (family 1, model 2), 2 CPUs; JAX ')
     assert any(line.startswith('JSON ') for line in out)
 
 
@@ -86,12 +87,13 @@ def test_contenders_are_timed_round_robin():
     assert 2 * 10 < len(calls) <= 2 * 26
 
 
-def test_gemm_benchmark_reports_gflops():
+def test_gemm_benchmark_reports_gflops(monkeypatch):
     from benchmarks import gemm
+    monkeypatch.setattr(cli_utils, 'host_cpu', lambda: 'Test CPU, 2 CPUs')
     (row,) = gemm.main(['--shapes=64,32,16', '--repeats=2', '--no_torch'])
     assert (row['m'], row['k'], row['n']) == (64, 32, 16)
     assert set(row['gflops']) == {'jax'} and row['gflops']['jax'] > 0 and 'ratio' not in row
-    assert row['host_cpu'] == cli_utils.host_cpu()
+    assert row['host_cpu'] == 'Test CPU, 2 CPUs'
     assert row['steal'] is None or 0 <= row['steal'] <= 1
     for bad in ('64,32', '64,x,16', '64,0,16'):
         with pytest.raises(SystemExit):
@@ -109,11 +111,13 @@ def test_gemm_floor_counts_the_matrix_products_of_a_step():
     macs = gemm_floor.gemm_macs('mobilenet_v1', 224)
     assert macs['infer'] == cost.count_macs(model, 224) - 17_385_984
     assert macs['train'] == 3 * macs['infer'] - 10_838_016
-    # The conv baseline's stride-1 dense 3×3 layers take Winograd in float32 on CPU: 4/9 of their
-    # 3,930,587,136 mult-adds (112²·9·32·64 + 8 layers of 462,422,016); in bfloat16 all of them count.
+    # The conv baseline's stride-1 dense 3×3 layers take Winograd in float32 on CPU: 16 products per 2×2
+    # tile. On the even maps that is 4/9 of their 3,468,165,120 direct mult-adds (112²·9·32·64 + 7 layers
+    # of 462,422,016); the 7×7×1024² layer has 4·4 tiles: 268,435,456 instead of 462,422,016. In bfloat16
+    # all of them count in full.
     direct = gemm_floor.gemm_macs('mobilenet_v1_conv', 224, dtype='bfloat16')
     winograd = gemm_floor.gemm_macs('mobilenet_v1_conv', 224, dtype='float32')
-    assert direct['infer'] - winograd['infer'] == pytest.approx(5 / 9 * 3_930_587_136)
+    assert direct['infer'] - winograd['infer'] == 3_468_165_120 * 5 // 9 + 462_422_016 - 268_435_456
     assert gemm_floor.gemm_macs('mobilenet_v1_conv', 224, backend='gpu') == direct
 
 
@@ -140,8 +144,23 @@ def test_gemm_floor_of_a_throughput_log(tmp_path, capsys):
     # --gemm_gflops overrides the log; bad input is refused before anything is traced.
     (row,) = gemm_floor.main([f'--throughput_log={throughput_log}', '--gemm_gflops=250'])
     assert row['train_floor_ms'] == pytest.approx(2 * macs['train'] * 8 / 250e9 * 1e3)
-    for bad in (['--gemm_gflops=0'], ['--gemm_gflops=-3']):
+    # A row without PyTorch has floors but no target.
+    no_torch_log = tmp_path / 'no_torch.log'
+    no_torch_log.write_text('JSON ' + json.dumps({**result, 'torch': {}}) + '\n')
+    (row,) = gemm_floor.main([f'--throughput_log={no_torch_log}', '--gemm_gflops=250'])
+    assert row['train_floor_ms'] > 0 and 'train_target_ms' not in row and 'infer_headroom_ms' not in row
+    broken_log = tmp_path / 'broken.log'
+    broken_log.write_text('JSON {"model": \n')
+    capsys.readouterr()
+    for bad, message in ((['--gemm_gflops=0'], '--gemm_gflops=0.0'), (['--gemm_gflops=-3'], '--gemm_gflops=-3.0'),
+                         (['--gemm_gflops=inf'], '--gemm_gflops=inf'),
+                         ([f'--gemm_log={throughput_log}'], f'{throughput_log}: no gemm.py JSON line'),
+                         ([f'--gemm_log={broken_log}'], f'{broken_log}:1: not a JSON line'),
+                         ([f'--gemm_log={tmp_path / "missing.log"}'], 'missing.log'),
+                         ([f'--gemm_log={gemm_log}', '--gemm_gflops=1'], 'not allowed with')):
         with pytest.raises(SystemExit):
             gemm_floor.main([f'--throughput_log={throughput_log}', *bad])
+        assert message in capsys.readouterr().err
     with pytest.raises(SystemExit):
         gemm_floor.main([f'--throughput_log={gemm_log}', '--gemm_gflops=100'])    # no throughput row in it
+    assert 'no throughput.py JSON line' in capsys.readouterr().err

@@ -52,13 +52,20 @@ def test_start_rejects_stray_arguments_before_touching_devices():
         cli_utils.start(['train.py', 'extra', '--oops'])
 
 
-def test_host_cpu_names_the_model_and_the_cpu_count():
-    """Benchmarks name the host: the first 'model name' of /proc/cpuinfo and how many CPUs list one."""
-    cpuinfo = ('processor\t: 0\nvendor_id\t: AuthenticAMD\nmodel name\t: AMD EPYC 9R14\nflags\t\t: fpu avx512f\n\n'
-               'processor\t: 1\nvendor_id\t: AuthenticAMD\nmodel name\t: AMD EPYC 9R14\nflags\t\t: fpu avx512f\n')
-    assert cli_utils.host_cpu(cpuinfo) == 'AMD EPYC 9R14, 2 CPUs'
-    # Without 'model name' lines (some ARM kernels): Python's own guess and os.cpu_count().
-    assert cli_utils.host_cpu('processor\t: 0\nBogoMIPS\t: 50.00\n').endswith(f', {os.cpu_count()} CPUs')
+def test_host_cpu_names_the_model_and_the_cpu_count(monkeypatch):
+    """Benchmarks name the host: the first processor's model name, family and model from /proc/cpuinfo,
+    and the number of CPUs this process may use."""
+    monkeypatch.setattr(os, 'sched_getaffinity', lambda pid: {0, 1, 2}, raising=False)
+    cpuinfo = ('processor\t: 0\nvendor_id\t: AuthenticAMD\ncpu family\t: 25\nmodel\t\t: 17\n'
+               'model name\t: AMD EPYC\nflags\t\t: fpu avx512f\n\n'
+               'processor\t: 1\nvendor_id\t: AuthenticAMD\ncpu family\t: 25\nmodel\t\t: 17\n'
+               'model name\t: AMD EPYC\nflags\t\t: fpu avx512f\n')
+    assert cli_utils.host_cpu(cpuinfo) == 'AMD EPYC (family 25, model 17), 3 CPUs'
+    # Without family and model (ARM kernels): the name alone; without a name, Python's own guess.
+    assert cli_utils.host_cpu('processor\t: 0\nmodel name\t: Neoverse-V2\n') == 'Neoverse-V2, 3 CPUs'
+    monkeypatch.setattr(cli_utils.platform, 'processor', lambda: 'armv8')
+    assert cli_utils.host_cpu('processor\t: 0\nBogoMIPS\t: 50.00\n') == 'armv8, 3 CPUs'
+    monkeypatch.undo()
     assert cli_utils.host_cpu().endswith(' CPUs')       # this machine's own /proc/cpuinfo
 
 
