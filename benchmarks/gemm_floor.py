@@ -10,7 +10,7 @@ compilation): the mult-adds of its matrix products per image, i.e. every convolu
 ones (1×1, grouped 1×1, the stem, the dense 3×3 of the conv baseline) and the classifier. A training
 step computes each of them three times (forward, input gradient, weight gradient), except the input
 gradient of the first layer, which nothing needs; inference once. Dense 3×3 stride-1 float32 layers run
-as Winograd F(2×2, 3×3) on CPU (`layers._winograd_applies`): 16 products per 2×2 output tile instead
+as Winograd F(2×2, 3×3) on CPU (`layers.winograd_applies`): 16 products per 2×2 output tile instead
 of 36, over ⌈h/2⌉·⌈w/2⌉ tiles (4/9 of the direct mult-adds on even maps; a 7×7 map has 16 tiles); their
 tile transforms are not counted.
 
@@ -18,6 +18,8 @@ tile transforms are not counted.
     target_ms = batch / (1.5 · the faster PyTorch layout's images/sec)      (the same row)
     headroom  = target_ms − floor_ms: what all other work (BatchNorm, depthwise, activations, the
                 optimizer update) may take together for JAX to reach the target
+    share     = headroom / (JAX's step now − floor_ms): the share of its present time that this other
+                work would have to shrink to
 
 The GEMM rate is the best GFLOP/s of `gemm.py`'s log (`--gemm_log`), or `--gemm_gflops`, or, with
 neither, measured now with `gemm.py`'s shapes. The best rate over shapes is optimistic (the narrow
@@ -28,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
 import math
 import os
@@ -39,31 +42,25 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import mobilenets_jax as mj  # noqa: E402
 from benchmarks import throughput  # noqa: E402
 from mobilenets_jax import cost  # noqa: E402
+from mobilenets_jax.models import layers  # noqa: E402
 
 TARGET_RATIO = 1.5
 WINOGRAD_TILE_PRODUCTS = 16     # F(2×2, 3×3): a 4×4 input tile times the transformed 4×4 kernel
 
 
-def _is_winograd(row: dict, dtype: str, backend: str) -> bool:
-    """Whether this layer row takes Winograd in the JAX program (`layers._winograd_applies`).
-
-    Layer rows carry no stride or padding, so stride 1 is read from equal input and output sizes; every
-    3×3 dense convolution of the zoo is a `layers.Conv2D` with 'SAME' or symmetric padding of 1, which
-    `_winograd_applies` accepts.
-    """
-    input_shape, output_shape = row['input_shape'], row['output_shape']
-    return (row['kind'] == 'conv' and row['kernel'] == (3, 3) and dtype == 'float32' and backend == 'cpu'
-            and input_shape[-1] > 4 and input_shape[1:3] == output_shape[1:3])
-
-
 def _matrix_product_macs(row: dict, dtype: str, backend: str) -> int:
-    if not _is_winograd(row, dtype, backend):
+    """A layer row's mult-adds, or the products of its Winograd tiles where the model computes it so."""
+    cin_per_group = row['input_shape'][-1] // row['groups']
+    if row['pads'] is None or not layers.winograd_applies(
+            (*row['kernel'], cin_per_group, row['output_shape'][-1]), row['strides'], row['groups'], row['pads'],
+            dtype, backend):
         return row['macs']
     batch, height, width, cout = row['output_shape']
     tiles = batch * -(-height // 2) * -(-width // 2)
     return tiles * WINOGRAD_TILE_PRODUCTS * row['input_shape'][-1] * cout
 
 
+@functools.lru_cache(maxsize=None)
 def gemm_macs(name: str, image_size: int, alpha: float = 1.0, dtype: str = 'float32',
               backend: str = 'cpu') -> dict:
     """{'train', 'infer'}: mult-adds of the matrix products of one image's training step and inference."""
@@ -103,8 +100,8 @@ def best_gemm_gflops(rows: list[dict]) -> Optional[float]:
 def floor_row(result: dict, gflops: float) -> dict:
     """The floor, target and headroom (ms per batch) of one throughput.py JSON row."""
     name, batch = result['model'], result['batch_size']
-    macs = gemm_macs(name, result['image_size'], result.get('alpha', 1.0), result.get('dtype', 'float32'),
-                     result.get('backend', 'cpu'))
+    macs = dict(gemm_macs(name, result['image_size'], result.get('alpha', 1.0), result.get('dtype', 'float32'),
+                          result.get('backend', 'cpu')))       # a copy: gemm_macs is cached
     jax_rates = throughput.best_rates(result['jax'])
     row = dict(model=name, batch_size=batch, image_size=result['image_size'], gemm_gflops=gflops,
                gemm_macs_per_image=macs, host_cpu=result.get('host_cpu'))
@@ -116,6 +113,8 @@ def floor_row(result: dict, gflops: float) -> dict:
             target = batch / (TARGET_RATIO * throughput.best_rates(result['torch'])[mode]) * 1e3
             row[f'{mode}_target_ms'] = target
             row[f'{mode}_headroom_ms'] = target - floor
+            # What all non-GEMM work would have to shrink to, as a share of what it takes now.
+            row[f'{mode}_other_work_share'] = (target - floor) / (row[f'{mode}_jax_ms'] - floor)
     return row
 
 
@@ -147,19 +146,19 @@ def main(argv=None):
             gflops = best_gemm_gflops(gemm.main(['--no_torch', '--repeats=5']))
     print(f'# GEMM rate {gflops:.0f} GFLOP/s; ms per batch: floor (matrix products only) / 1.5x-PyTorch '
           'target / JAX now; headroom = target - floor')
-    print(f'{"model":22s} {"batch":>5s} {"res":>4s} {"train floor/target/jax":>24s} {"headroom":>9s}  '
-          f'{"infer floor/target/jax":>24s} {"headroom":>9s}')
+    print(f'{"model":22s} {"batch":>5s} {"res":>4s} {"train floor/target/jax":>24s} {"headroom":>9s} {"share":>6s}  '
+          f'{"infer floor/target/jax":>24s} {"headroom":>9s} {"share":>6s}')
     rows = []
     for result in results:
         row = floor_row(result, gflops)
         cells = []
         for mode in ('train', 'infer'):
-            target, headroom = row.get(f'{mode}_target_ms'), row.get(f'{mode}_headroom_ms')
-            cells.append(f'{row[f"{mode}_floor_ms"]:7.0f}/{target if target is not None else float("nan"):7.0f}/'
-                         f'{row[f"{mode}_jax_ms"]:7.0f}'.rjust(24))
-            cells.append(f'{headroom:9.0f}' if headroom is not None else f'{"-":>9s}')
-        print(f'{row["model"]:22s} {row["batch_size"]:5d} {row["image_size"]:4d} {cells[0]} {cells[1]}  '
-              f'{cells[2]} {cells[3]}', flush=True)
+            target = row.get(f'{mode}_target_ms', float('nan'))
+            headroom = row.get(f'{mode}_headroom_ms', float('nan'))
+            share = row.get(f'{mode}_other_work_share', float('nan'))
+            cells.append(f'{row[f"{mode}_floor_ms"]:7.0f}/{target:7.0f}/{row[f"{mode}_jax_ms"]:7.0f}'.rjust(24)
+                         + f' {headroom:9.0f} {share:6.2f}')
+        print(f'{row["model"]:22s} {row["batch_size"]:5d} {row["image_size"]:4d} {cells[0]}  {cells[1]}', flush=True)
         print('JSON ' + json.dumps(row), flush=True)
         rows.append(row)
     return rows

@@ -185,6 +185,7 @@ def _layer_row(record: dict) -> dict:
     in_shape, out_shape = record['input_shape'], record['output_shape']
     batch, cin, cout = in_shape[0], in_shape[-1], out_shape[-1]
     positions = int(np.prod(out_shape[1:-1], dtype=np.int64))   # output pixels (1 for a dense layer on (N, C))
+    strides = pads = None
     if issubclass(module_type, nn.Dense):
         kind, kernel, groups = 'dense', None, 1
         taps = 1
@@ -198,6 +199,10 @@ def _layer_row(record: dict) -> dict:
             size = attrs['kernel_size']
             kernel = tuple(size) if isinstance(size, Sequence) else (size, size)
         taps = int(np.prod(kernel))
+        if issubclass(module_type, (layers.Conv2D, layers.DepthwiseConv2D)):
+            strides = attrs['strides']
+            pads = layers.explicit_padding(in_shape[1], in_shape[2], kernel, strides,
+                                           layers.conv_padding(attrs['kernel_size'], attrs['padding_style']))
         if groups == 1:
             kind = 'conv'
         elif groups == cin and cout % cin == 0:
@@ -207,8 +212,8 @@ def _layer_row(record: dict) -> dict:
     use_bias = attrs.get('use_bias', issubclass(module_type, nn.Dense))
     params = taps * (cin // groups) * cout + (cout if use_bias else 0)
     macs = batch * positions * taps * (cin // groups) * cout
-    return dict(name=record['path'], kind=kind, kernel=kernel, input_shape=in_shape, output_shape=out_shape,
-                params=int(params), macs=int(macs))
+    return dict(name=record['path'], kind=kind, kernel=kernel, groups=groups, strides=strides, pads=pads,
+                input_shape=in_shape, output_shape=out_shape, params=int(params), macs=int(macs))
 
 
 def _standalone_layer_cost(record: dict, fast_compile: bool = True) -> dict:
@@ -240,7 +245,9 @@ def layer_costs(model: nn.Module, image_size, batch: int = 1, *, xla: bool = Fal
     """One row per convolution and dense layer of `model`, in execution order.
 
     Each row holds ``name`` (the Flax module path), ``kind`` ('conv', 'depthwise', 'group_conv' or
-    'dense'), ``kernel`` (spatial kernel size; None for dense), ``input_shape``, ``output_shape``,
+    'dense'), ``kernel`` (spatial kernel size; None for dense), ``groups``, ``strides`` and ``pads``
+    (the explicit ((top, bottom), (left, right)) padding; both None for dense layers and bare
+    `nn.Conv`s), ``input_shape``, ``output_shape``,
     ``params`` (kernel + bias) and ``macs``, derived from the layer SHAPES:
     ``out_h · out_w · k · k · (c_in / groups) · c_out`` for a convolution and ``in · out`` for a dense
     layer, times ``batch``. Nothing is compiled for these: the shapes are recorded while

@@ -140,6 +140,7 @@ def test_gemm_floor_of_a_throughput_log(tmp_path, capsys):
     assert row['infer_target_ms'] == pytest.approx(8 / (1.5 * 500) * 1e3)
     assert row['train_jax_ms'] == pytest.approx(80.0) and row['infer_jax_ms'] == pytest.approx(8.0)
     assert row['train_headroom_ms'] == pytest.approx(row['train_target_ms'] - row['train_floor_ms'])
+    assert row['infer_other_work_share'] == pytest.approx(row['infer_headroom_ms'] / (8.0 - row['infer_floor_ms']))
     assert any(line.startswith('JSON ') for line in capsys.readouterr().out.splitlines())
     # --gemm_gflops overrides the log; bad input is refused before anything is traced.
     (row,) = gemm_floor.main([f'--throughput_log={throughput_log}', '--gemm_gflops=250'])

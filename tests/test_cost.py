@@ -122,6 +122,11 @@ def test_layer_costs_rows():
     kinds = {row['kind'] for row in rows}
     assert kinds == {'conv', 'depthwise', 'group_conv', 'dense'}
     assert rows[0]['name'] == 'stem' and rows[0]['output_shape'] == (2, 112, 112, 12)
+    # TF 'SAME' at stride 2 on an even map pads only after: (112 - 1)·2 + 3 - 224 = 1 row and column.
+    assert (rows[0]['strides'], rows[0]['pads'], rows[0]['groups']) == (2, ((0, 1), (0, 1)), 1)
+    grouped = next(r for r in rows if r['kind'] == 'group_conv')
+    assert grouped['groups'] == 3 and grouped['pads'] == ((0, 0), (0, 0))
+    assert rows[-1]['strides'] is None and rows[-1]['pads'] is None
     assert rows[-1]['kind'] == 'dense' and rows[-1]['macs'] == 2 * 480 * 1000
     assert sum(r['macs'] for r in rows) == 2 * _macs('shufflenet_v1', 0.5, 3, 224)
     counts = _params('shufflenet_v1', 0.5, 3)

@@ -230,7 +230,8 @@ def test_winograd_is_chosen_only_where_measured():
     """Dense 3×3 stride-1 float32 over > 4 channels on CPU takes Winograd; nothing else does."""
     same = ((1, 1), (1, 1))
     x, kernel = jnp.zeros((1, 8, 8, 12)), jnp.zeros((3, 3, 12, 16))
-    applies = layers._winograd_applies
+    applies = lambda x, kernel, strides, groups, pads: layers.winograd_applies(  # noqa: E731
+        kernel.shape, strides, groups, pads, x.dtype)
     assert applies(x, kernel, 1, 1, same) == (jax.default_backend() == 'cpu')
     assert not applies(x.astype(jnp.bfloat16), kernel.astype(jnp.bfloat16), 1, 1, same)
     assert not applies(x, kernel, 2, 1, same)
@@ -240,6 +241,8 @@ def test_winograd_is_chosen_only_where_measured():
     assert not applies(x[..., :3], kernel[:, :, :3], 1, 1, same)
     assert not applies(x, jnp.zeros((5, 5, 12, 16)), 1, 1, ((2, 2), (2, 2)))
     assert not applies(x, kernel, 1, 1, ((3, 3), (1, 1)))
+    assert layers.winograd_applies(kernel.shape, 1, 1, same, jnp.float32, backend='cpu')
+    assert not layers.winograd_applies(kernel.shape, 1, 1, same, jnp.float32, backend='gpu')
 
 
 POOL_CASES = list(itertools.product(SIZES, (2, 3), (1, 2), ('SAME', ((1, 1), (1, 1)), ((0, 1), (1, 0)))))

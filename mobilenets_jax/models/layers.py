@@ -131,7 +131,7 @@ class _ConvKernel(nn.Module):
         if k == 1:
             return pointwise_conv(x, kernel, self.strides, self.groups, bias)
         pads = explicit_padding(x.shape[1], x.shape[2], (k, k), self.strides, self.padding)
-        if _winograd_applies(x, kernel, self.strides, self.groups, pads):
+        if winograd_applies(kernel.shape, self.strides, self.groups, pads, x.dtype):
             y = _winograd_conv(x, kernel, pads)
         elif self.groups == 1:
             y = _dense_conv(x, kernel, self.strides, pads, in_channels <= _IM2COL_MAX_INPUT_CHANNELS)
@@ -219,8 +219,12 @@ _WINOGRAD_G = np.array([[1, 0, 0], [.5, .5, .5], [.5, -.5, .5], [0, 0, 1]], np.f
 _WINOGRAD_AT = np.array([[1, 1, 1, 0], [0, 1, -1, -1]], np.float32)
 
 
-def _winograd_applies(x, kernel, strides: int, groups: int, pads: tuple) -> bool:
+def winograd_applies(kernel_shape: tuple, strides: int, groups: int, pads: tuple, dtype,
+                     backend: Optional[str] = None) -> bool:
     """Whether a convolution takes `_winograd_conv`: dense 3×3, stride 1, float32, on CPU.
+
+    From shapes alone (kernel (k, k, cin/groups, cout), the explicit pads, the input dtype), so the cost
+    report can tell which layers run this way; `backend` defaults to JAX's default backend.
 
     Measured on the 2-core Xeon, batch 16, the five stride-1 layer shapes of mobilenet_v1_conv
     (forward / forward + both gradients, ms; XLA forward with the GEMM kernel gradient → Winograd;
@@ -231,8 +235,9 @@ def _winograd_applies(x, kernel, strides: int, groups: int, pads: tuple) -> bool
     ~1e-6 in float32), so 16-bit inputs keep the direct form; other backends have their own fast
     convolutions (cuDNN's includes Winograd).
     """
-    return (kernel.shape[:2] == (3, 3) and strides == 1 and groups == 1 and x.dtype == jnp.float32
-            and kernel.shape[2] > _IM2COL_MAX_INPUT_CHANNELS and jax.default_backend() == 'cpu'
+    backend = jax.default_backend() if backend is None else backend
+    return (tuple(kernel_shape[:2]) == (3, 3) and strides == 1 and groups == 1 and jnp.dtype(dtype) == jnp.float32
+            and kernel_shape[2] > _IM2COL_MAX_INPUT_CHANNELS and backend == 'cpu'
             and all(0 <= pad <= 2 for side in pads for pad in side))
 
 
@@ -322,7 +327,7 @@ def _winograd_conv(x, kernel, pads: tuple):
     GEMMs (Bᵀ d B)ᵀ·(A dy Aᵀ) between the input tiles, recomputed from x, and the output-gradient
     tiles, mapped back by Gᵀ(·)G. Autodiff of the forward pass instead scatters the tile transforms
     back with overlapping adds: forward + both gradients 1.1–2.2× slower at the five shapes listed in
-    `_winograd_applies` (e.g. 418 vs 186 ms at 112²×32→64).
+    `winograd_applies` (e.g. 418 vs 186 ms at 112²×32→64).
     """
     return _winograd_conv_forward(x, _winograd_kernel_transform(kernel), pads)
 
