@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import ml_collections
 from ml_collections.config_dict import placeholder
 
+from mobilenets_jax.data import datasets
 from mobilenets_jax.models import registry
 
 
@@ -70,8 +71,7 @@ def default_config() -> ml_collections.ConfigDict:
 
 def image_size(config: ml_collections.ConfigDict) -> int:
     """round(rho × base size): base 224 for ImageNet, 32 for CIFAR and digits."""
-    from mobilenets_jax.data import input_pipeline  # TensorFlow is imported lazily
-    base = input_pipeline.get_dataset_info(config.dataset).base_image_size
+    base = datasets.get_dataset_info(config.dataset).base_image_size
     if not config.rho > 0:
         raise ValueError(f'config.rho={config.rho!r}: the resolution multiplier must be > 0')
     return int(round(config.rho * base))
@@ -92,9 +92,8 @@ def model_kwargs(config: ml_collections.ConfigDict, num_classes: int) -> dict:
 
 def create_model(config: ml_collections.ConfigDict, *, num_classes: int | None = None, **overrides):
     """Builds `config.model` for `config.dataset` (its class count) and checks the image size."""
-    from mobilenets_jax.data import input_pipeline
     if num_classes is None:
-        num_classes = input_pipeline.get_dataset_info(config.dataset).num_classes
+        num_classes = datasets.get_dataset_info(config.dataset).num_classes
     kwargs = model_kwargs(config, num_classes)
     kwargs.update(overrides)
     try:

@@ -27,6 +27,7 @@ import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from mobilenets_jax import checkpoints, compilation_cache, config_lib, optim
+from mobilenets_jax.data import datasets
 from mobilenets_jax.models import init_variables
 
 BATCH_AXIS = 'batch'
@@ -66,9 +67,8 @@ def shard_batch(batch: dict, mesh: Mesh) -> dict:
 
 def validate_config(config: ml_collections.ConfigDict, num_devices: int) -> None:
     """Raises ValueError naming the offending config field; runs before any compilation."""
-    from mobilenets_jax.data import input_pipeline
     try:
-        input_pipeline.get_dataset_info(config.dataset)
+        datasets.get_dataset_info(config.dataset)
     except ValueError as error:
         raise ValueError(f'config.dataset: {error}') from None
     config_lib.create_model(config)                   # unknown model, bad alpha/groups, too small rho
@@ -114,8 +114,7 @@ class Setup:
 
 
 def create_setup(config: ml_collections.ConfigDict, num_train_examples: int) -> Setup:
-    from mobilenets_jax.data import input_pipeline
-    info = input_pipeline.get_dataset_info(config.dataset)
+    info = datasets.get_dataset_info(config.dataset)
     model = config_lib.create_model(config, bn_axis_name=BATCH_AXIS if config.sync_batch_stats else None)
     steps_per_epoch = max(1, num_train_examples // config.batch_size)
     if config.num_train_steps > 0:

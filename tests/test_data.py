@@ -2,6 +2,10 @@
 masked) evaluation across processes, training batches, and end-to-end runs on
 `tfds.testing.mock_data` for ImageNet and CIFAR. Nothing here downloads."""
 
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 from sklearn import datasets as sk_datasets
@@ -9,6 +13,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from mobilenets_jax import data
+from mobilenets_jax.data import datasets
 from mobilenets_jax.data import digits
 from mobilenets_jax.data import preprocessing
 
@@ -279,6 +284,24 @@ def test_dataset_info():
         info = data.get_dataset_info(name)
         assert (info.base_image_size, info.eval_split) == (32, 'test')
     assert data.get_dataset_info('cifar100').num_classes == 100
+    # ImageNet is cropped from its JPEGs; digits are never mirrored (a mirrored digit is another class or none).
+    assert [name for name, info in datasets.DATASETS.items() if info.large_jpegs] == ['imagenet2012']
+    assert [name for name, info in datasets.DATASETS.items() if not info.flip] == ['digits']
+    assert datasets.published_split_size('digits', 'test') == 360
+    assert datasets.published_split_size('digits', 'train[:10%]') is None
+
+
+def test_dataset_metadata_and_config_lib_import_no_tensorflow():
+    """Configs, checkpoints and cost reports look datasets up without paying for a TensorFlow import."""
+    code = ('import sys\n'
+            'from mobilenets_jax import config_lib, data\n'
+            'from mobilenets_jax.data import datasets\n'
+            'assert data.get_dataset_info("cifar10").num_classes == datasets.DATASETS["cifar10"].num_classes\n'
+            'print(sorted(m for m in sys.modules if m.split(".")[0] in ("tensorflow", "tensorflow_datasets")))\n')
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    result = subprocess.run([sys.executable, '-c', code], cwd=repo, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.strip() == '[]'
 
 
 # ------------------------------------------------------------ preprocessing

@@ -12,7 +12,6 @@ tf.data only ever produces host NumPy arrays; TensorFlow is kept off the GPU
 so that it never competes with JAX for accelerator memory.
 """
 
-import dataclasses
 import math
 from typing import Any, Callable, Dict, Optional, Sequence, Tuple
 
@@ -23,6 +22,10 @@ import tensorflow_datasets as tfds
 
 from mobilenets_jax.data import digits as _digits  # Registers 'digits'.
 from mobilenets_jax.data import preprocessing
+from mobilenets_jax.data.datasets import DatasetInfo
+from mobilenets_jax.data.datasets import DatasetNotPreparedError
+from mobilenets_jax.data.datasets import get_dataset_info
+from mobilenets_jax.data.datasets import published_split_size
 
 del _digits  # Imported for its registration side effect only.
 
@@ -41,52 +44,8 @@ AUTOTUNE = tf.data.AUTOTUNE
 Example = Dict[str, tf.Tensor]
 
 
-@dataclasses.dataclass(frozen=True)
-class DatasetInfo:
-    """What the models and the training loop need to know about a dataset."""
-
-    name: str
-    tfds_name: str
-    num_classes: int
-    base_image_size: int  # ρ = 1 resolution: 224 for ImageNet, 32 otherwise.
-    train_split: str
-    eval_split: str
-
-
-DATASETS: Dict[str, DatasetInfo] = {
-    'imagenet2012': DatasetInfo('imagenet2012', 'imagenet2012', 1000, 224, 'train', 'validation'),
-    'cifar10': DatasetInfo('cifar10', 'cifar10', 10, 32, 'train', 'test'),
-    'cifar100': DatasetInfo('cifar100', 'cifar100', 100, 32, 'train', 'test'),
-    'digits': DatasetInfo('digits', 'digits', 10, 32, 'train', 'test'),
-}
-
-# Datasets stored as large JPEGs that need Inception-style crops; the others
-# are small fixed-size images that are cached decoded and only resized.
-_IMAGENET_STYLE = frozenset({'imagenet2012'})
-# Mirroring a digit can change its class (or make it none), so no flips there.
-_FLIP_AUGMENT = {'cifar10': True, 'cifar100': True, 'digits': False}
-# Published split sizes, used only where TFDS has no split metadata (a dataset
-# not prepared yet, or `tfds.testing.mock_data`), e.g. to plan epochs.
-_PUBLISHED_SPLIT_SIZES = {
-    'imagenet2012': {'train': 1_281_167, 'validation': 50_000},
-    'cifar10': {'train': 50_000, 'test': 10_000},
-    'cifar100': {'train': 50_000, 'test': 10_000},
-    'digits': {'train': 1_437, 'test': 360},
-}
 _DEFAULT_SHUFFLE_BUFFER = 10_000
 _IMAGENET_MANUAL_FILES = ('ILSVRC2012_img_train.tar', 'ILSVRC2012_img_val.tar')
-
-
-class DatasetNotPreparedError(ValueError):
-    """The dataset is not on disk and cannot be prepared automatically."""
-
-
-def get_dataset_info(name: str) -> DatasetInfo:
-    """Looks up a supported dataset by name."""
-    try:
-        return DATASETS[name]
-    except KeyError:
-        raise ValueError(f'Unknown dataset {name!r}; supported datasets: ' f'{sorted(DATASETS)}.') from None
 
 
 def _builder(name: str, data_dir: Optional[str]) -> tfds.core.DatasetBuilder:
@@ -98,15 +57,15 @@ def num_examples(name: str, split: str, data_dir: Optional[str] = None) -> int:
     builder = _builder(name, data_dir)
     if builder.info.splits:
         return builder.info.splits[split].num_examples
-    published = _PUBLISHED_SPLIT_SIZES.get(name, {})
-    if split in published:
+    published = published_split_size(name, split)
+    if published is not None:
         logging.warning(
             'No split metadata for %s in %s; using the published size ' 'of %r.',
             name,
             builder.data_dir_root,
             split,
         )
-        return published[split]
+        return published
     raise DatasetNotPreparedError(_not_prepared_message(builder))
 
 
@@ -201,7 +160,7 @@ def _process_seeds(seed: int, process_index: int, num: int) -> Sequence[int]:
 
 def _decoders(info: DatasetInfo) -> Optional[Dict[str, Any]]:
     """ImageNet stays encoded so crops can decode only what they keep."""
-    if info.name in _IMAGENET_STYLE:
+    if info.large_jpegs:
         return {'image': tfds.decode.SkipDecoding()}
     return None
 
@@ -219,10 +178,10 @@ def _read(
         )
     except AssertionError as e:  # TFDS' way of saying "no data in data_dir".
         message = (
-            _imagenet_message(builder) if info.name in _IMAGENET_STYLE else _not_prepared_message(builder)
+            _imagenet_message(builder) if info.large_jpegs else _not_prepared_message(builder)
         )
         raise DatasetNotPreparedError(message) from e
-    if info.name not in _IMAGENET_STYLE:
+    if not info.large_jpegs:
         ds = ds.cache()  # Small, fixed-size images: keep them decoded in memory.
     return ds
 
@@ -234,14 +193,14 @@ def _train_preprocess_fn(
 
     def preprocess(example: Example, seed: tf.Tensor) -> Example:
         image = example['image']
-        if info.name in _IMAGENET_STYLE:
+        if info.large_jpegs:
             if augment:
                 image = preprocessing.imagenet_train(image, seed, image_size)
             else:
                 image = preprocessing.imagenet_eval(image, image_size)
         else:
             image = preprocessing.small_image_train(
-                image, seed, image_size, augment=augment, flip=_FLIP_AUGMENT.get(info.name, True)
+                image, seed, image_size, augment=augment, flip=info.flip
             )
         return {
             'image': preprocessing.normalize(image, normalization),
@@ -257,7 +216,7 @@ def _eval_preprocess_fn(
     """Per-example deterministic transform; marks the example as real."""
 
     def preprocess(example: Example) -> Example:
-        if info.name in _IMAGENET_STYLE:
+        if info.large_jpegs:
             image = preprocessing.imagenet_eval(example['image'], image_size)
         else:
             image = preprocessing.small_image_eval(example['image'], image_size)

@@ -16,6 +16,8 @@ from typing import Sequence, Tuple
 
 import tensorflow as tf
 
+from mobilenets_jax.data.datasets import NORMALIZATIONS
+
 # Inception-style crop statistics (Szegedy et al. 2015; TF-slim
 # inception_preprocessing), used by the MobileNet papers' training.
 AREA_RANGE = (0.08, 1.0)
@@ -26,7 +28,6 @@ CIFAR_PAD = 4
 
 IMAGENET_MEAN_RGB = (0.485, 0.456, 0.406)
 IMAGENET_STDDEV_RGB = (0.229, 0.224, 0.225)
-NORMALIZATIONS = ('inception', 'unit', 'imagenet')
 
 
 def is_encoded(image: tf.Tensor) -> bool:
