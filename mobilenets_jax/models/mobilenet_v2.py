@@ -6,7 +6,7 @@ and the last 1×1 conv 1280 for α ≤ 1, `make_divisible(1280α)` above.
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Optional
+from typing import Any, Callable, NamedTuple, Optional
 
 import flax.linen as nn
 
@@ -15,8 +15,17 @@ from mobilenets_jax.models.base import ZooModel
 
 ModuleDef = Any
 
-# Table 2: (expansion t, output channels c, repeats n, stride s of the first repeat).
-MOBILENET_V2_STAGES = (
+
+
+class Stage(NamedTuple):
+    """One row of Table 2: expansion t, output channels c, repeats n, stride s of the first repeat."""
+    expansion: int
+    channels: int
+    repeats: int
+    first_stride: int
+
+
+MOBILENET_V2_STAGES = tuple(Stage(*row) for row in (
     (1, 16, 1, 1),
     (6, 24, 2, 2),
     (6, 32, 3, 2),
@@ -24,7 +33,7 @@ MOBILENET_V2_STAGES = (
     (6, 96, 3, 1),
     (6, 160, 3, 2),
     (6, 320, 1, 1),
-)
+))
 MOBILENET_V2_STEM = 32
 MOBILENET_V2_LAST = 1280
 
@@ -78,13 +87,13 @@ class MobileNetV2(ZooModel):
         x = conv(layers.make_divisible(MOBILENET_V2_STEM * self.alpha), kernel_size=3, strides=2, name='stem')(x)
         x = act(norm(name='stem_bn')(x))
         index = 0
-        for expansion, channels, repeats, first_stride in self.stages:
-            features = layers.make_divisible(int(channels * self.alpha))
-            for repeat in range(repeats):
+        for stage in self.stages:
+            features = layers.make_divisible(int(stage.channels * self.alpha))
+            for repeat in range(stage.repeats):
                 index += 1
                 x = InvertedResidual(
-                    expanded_channels=x.shape[-1] * expansion, features=features,
-                    strides=first_stride if repeat == 0 else 1, conv=conv, depthwise=depthwise, norm=norm,
+                    expanded_channels=x.shape[-1] * stage.expansion, features=features,
+                    strides=stage.first_stride if repeat == 0 else 1, conv=conv, depthwise=depthwise, norm=norm,
                     activation=act, name=f'block_{index}')(x)
         last = layers.make_divisible(MOBILENET_V2_LAST * self.alpha) if self.alpha > 1.0 else MOBILENET_V2_LAST
         x = conv(last, name='last_conv')(x)

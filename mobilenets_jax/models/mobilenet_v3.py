@@ -8,6 +8,7 @@ efficient one: 1×1 conv–BN–h-swish, pool, 1×1 conv (bias, no BN)–h-swish
 from __future__ import annotations
 
 import functools
+from typing import NamedTuple
 
 import flax.linen as nn
 import jax.numpy as jnp
@@ -16,8 +17,19 @@ from mobilenets_jax.models import layers
 from mobilenets_jax.models.base import ZooModel
 from mobilenets_jax.models.mobilenet_v2 import InvertedResidual
 
-# (kernel, expansion ratio, output channels, squeeze-excite, activation, stride); exp size = input × ratio.
-MOBILENET_V3_LARGE_BLOCKS = (
+
+
+class Block(NamedTuple):
+    """One row of Tables 1-2; the paper's "exp size" is make_divisible(input channels × expansion)."""
+    kernel_size: int
+    expansion: float
+    channels: int
+    squeeze_excite: bool
+    activation: str
+    strides: int
+
+
+MOBILENET_V3_LARGE_BLOCKS = tuple(Block(*row) for row in (
     (3, 1, 16, False, 'relu', 1),
     (3, 4, 24, False, 'relu', 2),        # exp 64
     (3, 3, 24, False, 'relu', 1),        # exp 72
@@ -33,8 +45,8 @@ MOBILENET_V3_LARGE_BLOCKS = (
     (5, 6, 160, True, 'hard_swish', 2),  # exp 672
     (5, 6, 160, True, 'hard_swish', 1),  # exp 960
     (5, 6, 160, True, 'hard_swish', 1),  # exp 960
-)
-MOBILENET_V3_SMALL_BLOCKS = (
+))
+MOBILENET_V3_SMALL_BLOCKS = tuple(Block(*row) for row in (
     (3, 1, 16, True, 'relu', 2),             # exp 16
     (3, 72 / 16, 24, False, 'relu', 2),      # exp 72
     (3, 88 / 24, 24, False, 'relu', 1),      # exp 88
@@ -46,7 +58,7 @@ MOBILENET_V3_SMALL_BLOCKS = (
     (5, 6, 96, True, 'hard_swish', 2),       # exp 288
     (5, 6, 96, True, 'hard_swish', 1),       # exp 576
     (5, 6, 96, True, 'hard_swish', 1),       # exp 576
-)
+))
 MOBILENET_V3_STEM = 16
 MOBILENET_V3_LAST_EXPANSION = 6
 MOBILENET_V3_LARGE_HEAD = 1280
@@ -68,12 +80,13 @@ class MobileNetV3(ZooModel):
 
         x = conv(MOBILENET_V3_STEM, kernel_size=3, strides=2, name='stem')(x)
         x = layers.hard_swish(norm(name='stem_bn')(x))
-        for index, (kernel, ratio, channels, use_se, activation, strides) in enumerate(self.blocks):
-            expanded = layers.make_divisible(x.shape[-1] * ratio)
+        for index, block in enumerate(self.blocks):
+            expanded = layers.make_divisible(x.shape[-1] * block.expansion)
             x = InvertedResidual(
-                expanded_channels=expanded, features=depth(channels), strides=strides, conv=conv,
-                depthwise=depthwise, norm=norm, activation=layers.get_activation(activation),
-                kernel_size=kernel, squeeze_channels=layers.make_divisible(expanded / 4) if use_se else None,
+                expanded_channels=expanded, features=depth(block.channels), strides=block.strides, conv=conv,
+                depthwise=depthwise, norm=norm, activation=layers.get_activation(block.activation),
+                kernel_size=block.kernel_size,
+                squeeze_channels=layers.make_divisible(expanded / 4) if block.squeeze_excite else None,
                 squeeze_excite=squeeze_excite,
                 name=f'block_{index + 1}')(x)
         x = conv(layers.make_divisible(x.shape[-1] * MOBILENET_V3_LAST_EXPANSION), name='last_conv')(x)

@@ -5,7 +5,7 @@ unit has stride 2, global pool, classifier.
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 import flax.linen as nn
 import jax.numpy as jnp
@@ -31,12 +31,25 @@ SHUFFLENET_V1_GROUPS = tuple(SHUFFLENET_V1_CHANNELS)
 # 0.5x, and 12 (not 24 * 0.25 = 6) reproduces the paper's 13 MFLOPs for 0.25x.
 SHUFFLENET_V1_MIN_STEM = 12
 
-# ShuffleNet V2, Table 5: output channels of stages 2-4 and of conv5 for each published scale.
+
+
+class ShuffleNetV2Widths(NamedTuple):
+    """One column of ShuffleNet V2's Table 5: output channels of stages 2-4 and of conv5."""
+    stage2: int
+    stage3: int
+    stage4: int
+    conv5: int
+
+    @property
+    def stages(self) -> tuple:
+        return (self.stage2, self.stage3, self.stage4)
+
+
 SHUFFLENET_V2_CHANNELS = {
-    0.5: (48, 96, 192, 1024),
-    1.0: (116, 232, 464, 1024),
-    1.5: (176, 352, 704, 1024),
-    2.0: (244, 488, 976, 2048),
+    0.5: ShuffleNetV2Widths(48, 96, 192, 1024),
+    1.0: ShuffleNetV2Widths(116, 232, 464, 1024),
+    1.5: ShuffleNetV2Widths(176, 352, 704, 1024),
+    2.0: ShuffleNetV2Widths(244, 488, 976, 2048),
 }
 
 
@@ -148,14 +161,14 @@ class ShuffleNetV2(ZooModel):
     def __call__(self, x, train: bool = False):
         x = self.check_input(x)
         conv, depthwise, norm = self.factories(train)
-        *stage_channels, last_channels = SHUFFLENET_V2_CHANNELS[float(self.alpha)]
+        widths = SHUFFLENET_V2_CHANNELS[float(self.alpha)]
         x = conv(SHUFFLENET_STEM, kernel_size=3, strides=2, name='stem')(x)
         x = nn.relu(norm(name='stem_bn')(x))
         x = layers.max_pool(x, 3, 2, _pool_padding(self.padding_style), self.depthwise_impl)
-        for stage, (features, repeats) in enumerate(zip(stage_channels, SHUFFLENET_STAGE_REPEATS)):
+        for stage, (features, repeats) in enumerate(zip(widths.stages, SHUFFLENET_STAGE_REPEATS)):
             for repeat in range(repeats):
                 x = ShuffleV2Unit(features, 2 if repeat == 0 else 1, conv, depthwise, norm,
                                   name=f'stage{stage + 2}_unit{repeat + 1}')(x)
-        x = conv(last_channels, name='last_conv')(x)
+        x = conv(widths.conv5, name='last_conv')(x)
         x = nn.relu(norm(name='last_bn')(x))
         return self.head(x, train)
