@@ -20,8 +20,10 @@ this module spells them out in one place:
 
 from __future__ import annotations
 
+import math
 from typing import Any, Callable, Optional, Union
 
+from absl import logging
 import jax
 import jax.numpy as jnp
 import optax
@@ -343,6 +345,31 @@ def ema_decay_with_warmup(step: Any, decay: Any) -> jax.Array:
     decay = jnp.asarray(decay, dtype=jnp.float32)
     warm = jnp.minimum(decay, (1.0 + step) / (10.0 + step))
     return jnp.where(decay <= 0, jnp.zeros_like(warm), warm)
+
+
+def run_length(config, steps_per_epoch: int) -> int:
+    """Optimizer steps of a training run: `config.num_train_steps` when > 0, else its epochs' worth."""
+    if config.num_train_steps > 0:
+        return int(config.num_train_steps)
+    return max(1, int(math.ceil(config.num_epochs * steps_per_epoch)))
+
+
+def optimizer_for_run(config, steps_per_epoch: int):
+    """(learning-rate schedule, optimizer) of a training run of `config` at `steps_per_epoch`.
+
+    The base rate is scaled by ``batch_size / 256`` when `config.scale_learning_rate`; the schedule spans
+    `run_length`, and a warmup that is not shorter than the run shrinks to half of it. The training loop
+    trains with this optimizer and the cost report counts it.
+    """
+    base_lr = config.learning_rate * (config.batch_size / 256.0 if config.scale_learning_rate else 1.0)
+    total_epochs = run_length(config, steps_per_epoch) / steps_per_epoch
+    warmup_epochs = config.warmup_epochs
+    if warmup_epochs >= total_epochs:
+        warmup_epochs = total_epochs / 2
+        logging.warning('config.warmup_epochs=%s is not shorter than the run (%.3g epochs); warming up over %.3g '
+                        'epochs instead.', config.warmup_epochs, total_epochs, warmup_epochs)
+    return optimizer_from_config(config, steps_per_epoch=steps_per_epoch, num_epochs=total_epochs,
+                                 warmup_epochs=warmup_epochs, base_learning_rate=base_lr)
 
 
 def optimizer_from_config(config, *, steps_per_epoch: int, num_epochs: float, warmup_epochs: float,

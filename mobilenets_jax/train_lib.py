@@ -1,17 +1,15 @@
-"""Data-parallel training: the per-device step, the mesh around it, and the training loop.
+"""Data-parallel training: the setup a config describes, the state's placement, and the training loop.
 
-The step is written with pmap semantics (a named batch axis, gradients averaged with `lax.pmean`) and
-run by `jax.shard_map` inside `jax.jit` over a 1-D mesh of every device of every process. The train
-state is replicated; each device sees `batch_size / num_devices` examples.
+The steps themselves (per device, pmap semantics) are in `mobilenets_jax.steps`; they run by
+`jax.shard_map` inside `jax.jit` over a 1-D mesh of every device of every process. The train state is
+replicated; each device sees `batch_size / num_devices` examples.
 
     state = {'step', 'params', 'batch_stats', 'opt_state', 'ema_params', 'ema_batch_stats', 'rng'}
 """
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
-import math
 import os
 import signal
 import time
@@ -19,20 +17,18 @@ from typing import Any, Callable, Optional
 
 from absl import logging
 import jax
-from jax import lax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from mobilenets_jax import checkpoints, compilation_cache, config_lib, optim
+from mobilenets_jax import checkpoints, compilation_cache, config_lib, optim, steps
 from mobilenets_jax.data import datasets
 from mobilenets_jax.models import init_variables
 
-BATCH_AXIS = 'batch'
-_OPTIMIZERS = ('rmsprop', 'adam', 'sgd')
-_SCHEDULES = ('exponential', 'cosine', 'constant')
+# The steps and the mesh, under the names evaluation.py, the tests and scripts use.
+from mobilenets_jax.steps import BATCH_AXIS, create_mesh, make_eval_step  # noqa: F401
 
 
 class NonFiniteLossError(RuntimeError):
@@ -42,12 +38,6 @@ class NonFiniteLossError(RuntimeError):
 # ----------------------------------------------------------------------------------------------
 # Mesh and placement
 # ----------------------------------------------------------------------------------------------
-
-def create_mesh(devices=None) -> Mesh:
-    """A 1-D mesh named 'batch' over all devices of all processes."""
-    devices = jax.devices() if devices is None else devices
-    return Mesh(np.asarray(devices), (BATCH_AXIS,))
-
 
 def replicate(tree: Any, mesh: Mesh) -> Any:
     """Places identical host values on every device of the mesh (every process passes the same values)."""
@@ -79,10 +69,10 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int) -> None
                          f'use a multiple of {num_devices}')
     if config.num_train_steps <= 0 and not config.num_epochs > 0:
         raise ValueError(f'config.num_epochs={config.num_epochs!r}: must be > 0 (or set config.num_train_steps)')
-    if config.optimizer not in _OPTIMIZERS:
-        raise ValueError(f'config.optimizer={config.optimizer!r}; allowed: {", ".join(_OPTIMIZERS)}')
-    if config.schedule not in _SCHEDULES:
-        raise ValueError(f'config.schedule={config.schedule!r}; allowed: {", ".join(_SCHEDULES)}')
+    if config.optimizer not in optim.OPTIMIZERS:
+        raise ValueError(f'config.optimizer={config.optimizer!r}; allowed: {", ".join(optim.OPTIMIZERS)}')
+    if config.schedule not in optim.SCHEDULES:
+        raise ValueError(f'config.schedule={config.schedule!r}; allowed: {", ".join(optim.SCHEDULES)}')
     if not 0.0 <= config.ema_decay < 1.0:
         raise ValueError(f'config.ema_decay={config.ema_decay!r}: must be in [0, 1) (0 disables EMA)')
     if not 0.0 <= config.label_smoothing < 1.0:
@@ -117,117 +107,31 @@ def create_setup(config: ml_collections.ConfigDict, num_train_examples: int) -> 
     info = datasets.get_dataset_info(config.dataset)
     model = config_lib.create_model(config, bn_axis_name=BATCH_AXIS if config.sync_batch_stats else None)
     steps_per_epoch = max(1, num_train_examples // config.batch_size)
-    if config.num_train_steps > 0:
-        total_steps = int(config.num_train_steps)
-    else:
-        total_steps = max(1, int(math.ceil(config.num_epochs * steps_per_epoch)))
-    base_lr = config.learning_rate * (config.batch_size / 256.0 if config.scale_learning_rate else 1.0)
-    total_epochs = total_steps / steps_per_epoch
-    warmup_epochs = config.warmup_epochs
-    if warmup_epochs >= total_epochs:
-        warmup_epochs = total_epochs / 2
-        logging.warning('config.warmup_epochs=%s is not shorter than the run (%.3g epochs); warming up over %.3g '
-                        'epochs instead.', config.warmup_epochs, total_epochs, warmup_epochs)
-    learning_rate_fn, tx = optim.optimizer_from_config(config, steps_per_epoch=steps_per_epoch,
-                                                       num_epochs=total_epochs, warmup_epochs=warmup_epochs,
-                                                       base_learning_rate=base_lr)
+    learning_rate_fn, tx = optim.optimizer_for_run(config, steps_per_epoch)
     return Setup(model, tx, learning_rate_fn, config_lib.image_size(config), info.num_classes, steps_per_epoch,
-                 total_steps, num_train_examples)
+                 optim.run_length(config, steps_per_epoch), num_train_examples)
 
 
 def initial_state(setup: Setup, config: ml_collections.ConfigDict, mesh: Mesh) -> dict:
     """A fresh, replicated train state (host-side init: nothing is compiled but the optimizer init)."""
     variables = init_variables(setup.model, config.seed, (1, setup.image_size, setup.image_size, 3))
-    params = replicate(variables['params'], mesh)
-    batch_stats = replicate(variables.get('batch_stats', {}), mesh)
     replicated = NamedSharding(mesh, P())
-    opt_state = jax.jit(setup.tx.init, out_shardings=replicated)(params)
+    opt_state = jax.jit(setup.tx.init, out_shardings=replicated)(replicate(variables['params'], mesh))
     rng = np.asarray(jax.random.key_data(jax.random.key(config.seed)))
-    return {
-        'step': replicate(np.zeros((), np.int32), mesh),
-        'params': params,
-        'batch_stats': batch_stats,
-        'opt_state': opt_state,
-        # separate buffers: the step donates the state, and a buffer may be donated only once
-        'ema_params': replicate(variables['params'], mesh),
-        'ema_batch_stats': replicate(variables.get('batch_stats', {}), mesh),
-        'rng': replicate(rng, mesh),
-    }
+    # Each host leaf is placed on its own (params and ema_params too): the step donates the state, and a
+    # buffer may be donated only once.
+    return {key: value if key == 'opt_state' else replicate(value, mesh)
+            for key, value in steps.state_from(variables, opt_state, rng).items()}
 
 
 # ----------------------------------------------------------------------------------------------
-# The per-device steps
+# The compiled steps
 # ----------------------------------------------------------------------------------------------
-
-def top_k_correct(logits, labels, k: int):
-    """1.0 where the label is among the k largest logits."""
-    k = min(k, logits.shape[-1])
-    _, top = lax.top_k(logits, k)
-    return jnp.any(top == labels[:, None], axis=-1).astype(jnp.float32)
-
-
-def train_step(state: dict, batch: dict, *, setup: Setup, label_smoothing: float, ema_decay: float):
-    """One optimizer step on this device's share of the batch (pmap semantics over BATCH_AXIS)."""
-    model = setup.model
-    key = jax.random.wrap_key_data(state['rng'])
-    dropout_key = jax.random.fold_in(jax.random.fold_in(key, state['step']), lax.axis_index(BATCH_AXIS))
-
-    def loss_fn(params):
-        logits, updates = model.apply({'params': params, 'batch_stats': state['batch_stats']}, batch['image'],
-                                      train=True, mutable=['batch_stats'], rngs={'dropout': dropout_key})
-        loss = jnp.mean(optim.cross_entropy(logits, batch['label'], setup.num_classes, label_smoothing))
-        return loss, (logits, updates['batch_stats'])
-
-    (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state['params'])
-    grads = lax.pmean(grads, BATCH_AXIS)
-    # Running BatchNorm averages drift apart when statistics are per device; averaging them keeps the
-    # replicated state identical everywhere (a no-op with sync_batch_stats).
-    batch_stats = lax.pmean(batch_stats, BATCH_AXIS)
-    updates, opt_state = setup.tx.update(grads, state['opt_state'], state['params'])
-    params = optax.apply_updates(state['params'], updates)
-    if ema_decay > 0:
-        decay = optim.ema_decay_with_warmup(state['step'], ema_decay)
-        ema_params = optim.ema_update(state['ema_params'], params, decay)
-        ema_batch_stats = optim.ema_update(state['ema_batch_stats'], batch_stats, decay)
-    else:
-        ema_params, ema_batch_stats = params, batch_stats
-    metrics = {
-        'loss': loss,
-        'top1': jnp.mean(top_k_correct(logits, batch['label'], 1)),
-        'top5': jnp.mean(top_k_correct(logits, batch['label'], 5)),
-    }
-    metrics = lax.pmean(metrics, BATCH_AXIS)
-    new_state = dict(state, step=state['step'] + 1, params=params, batch_stats=batch_stats, opt_state=opt_state,
-                     ema_params=ema_params, ema_batch_stats=ema_batch_stats)
-    return new_state, metrics
-
-
-def eval_step(variables: dict, batch: dict, *, model, num_classes: int):
-    """Sums (not means) over this device's examples, masked, then summed over devices."""
-    logits = model.apply(variables, batch['image'], train=False)
-    mask = batch['mask']
-    sums = {
-        'loss': jnp.sum(optim.cross_entropy(logits, batch['label'], num_classes) * mask),
-        'top1': jnp.sum(top_k_correct(logits, batch['label'], 1) * mask),
-        'top5': jnp.sum(top_k_correct(logits, batch['label'], 5) * mask),
-        'count': jnp.sum(mask),
-    }
-    return lax.psum(sums, BATCH_AXIS)
-
 
 def make_train_step(setup: Setup, config: ml_collections.ConfigDict, mesh: Mesh):
-    step = functools.partial(train_step, setup=setup, label_smoothing=float(config.label_smoothing),
-                             ema_decay=float(config.ema_decay))
-    # check_vma=False: the state is replicated by construction (every output is pmean'd or computed from
-    # replicated values), and custom-VJP layers (the fast depthwise conv) need not track mesh axes.
-    sharded = jax.shard_map(step, mesh=mesh, in_specs=(P(), P(BATCH_AXIS)), out_specs=(P(), P()),
-                            check_vma=False)
-    return jax.jit(sharded, donate_argnums=(0,))
-
-
-def make_eval_step(model, num_classes: int, mesh: Mesh):
-    step = functools.partial(eval_step, model=model, num_classes=num_classes)
-    return jax.jit(jax.shard_map(step, mesh=mesh, in_specs=(P(), P(BATCH_AXIS)), out_specs=P(), check_vma=False))
+    """`steps.make_train_step` of this setup and config over `mesh`: ``(state, batch) -> (state, metrics)``."""
+    return steps.make_train_step(setup.model, setup.tx, setup.num_classes, mesh,
+                                 label_smoothing=float(config.label_smoothing), ema_decay=float(config.ema_decay))
 
 
 def evaluate(eval_fn, variables: dict, dataset, mesh: Mesh, *, max_batches: int = -1,
