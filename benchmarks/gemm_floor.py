@@ -10,7 +10,7 @@ compilation): the mult-adds of its matrix products per image, i.e. every convolu
 ones (1×1, grouped 1×1, the stem, the dense 3×3 of the conv baseline) and the classifier. A training
 step computes each of them three times (forward, input gradient, weight gradient), except the input
 gradient of the first layer, which nothing needs; inference once. Dense 3×3 stride-1 float32 layers run
-as Winograd F(2×2, 3×3) on CPU (`layers.winograd_applies`): 16 products per 2×2 output tile instead
+as Winograd F(2×2, 3×3) on CPU (`ops.winograd_applies`): 16 products per 2×2 output tile instead
 of 36, over ⌈h/2⌉·⌈w/2⌉ tiles (4/9 of the direct mult-adds on even maps; a 7×7 map has 16 tiles); their
 tile transforms are not counted.
 
@@ -42,7 +42,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import mobilenets_jax as mj  # noqa: E402
 from benchmarks import throughput  # noqa: E402
 from mobilenets_jax import cost  # noqa: E402
-from mobilenets_jax.models import layers  # noqa: E402
+from mobilenets_jax.ops import winograd_applies  # noqa: E402
 
 TARGET_RATIO = 1.5
 WINOGRAD_TILE_PRODUCTS = 16     # F(2×2, 3×3): a 4×4 input tile times the transformed 4×4 kernel
@@ -51,7 +51,7 @@ WINOGRAD_TILE_PRODUCTS = 16     # F(2×2, 3×3): a 4×4 input tile times the tra
 def _matrix_product_macs(row: dict, dtype: str, backend: str) -> int:
     """A layer row's mult-adds, or the products of its Winograd tiles where the model computes it so."""
     cin_per_group = row['input_shape'][-1] // row['groups']
-    if row['pads'] is None or not layers.winograd_applies(
+    if row['pads'] is None or not winograd_applies(
             (*row['kernel'], cin_per_group, row['output_shape'][-1]), row['strides'], row['groups'], row['pads'],
             dtype, backend):
         return row['macs']

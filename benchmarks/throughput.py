@@ -31,8 +31,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 import mobilenets_jax as mj  # noqa: E402
-from mobilenets_jax import cli_utils, compilation_cache, cost, optim  # noqa: E402
-from mobilenets_jax.models import layers  # noqa: E402
+from mobilenets_jax import cli_utils, compilation_cache, cost, ops, optim  # noqa: E402
 
 
 def _interleaved_rates(runners, batch_size, warmup, repeats, settle=1, settle_s=0.0):
@@ -193,7 +192,7 @@ def main(argv=None):
     parser.add_argument('--alpha', type=float, default=1.0)
     parser.add_argument('--dtype', default='float32', choices=['float32', 'bfloat16'])
     parser.add_argument('--impls', default='xla,shifted,shifted_autodiff',
-                        help=f'depthwise implementations to time ({", ".join(layers.DEPTHWISE_IMPLS)})')
+                        help=f'depthwise implementations to time ({", ".join(ops.DEPTHWISE_IMPLS)})')
     parser.add_argument('--warmup', type=int, default=2)
     parser.add_argument('--repeats', type=int, default=5)
     parser.add_argument('--settle', type=int, default=1,
@@ -222,7 +221,7 @@ def main(argv=None):
     except ImportError:
         torch_version = None
     impls = [i for i in args.impls.split(',') if i]
-    auto = layers.resolve_depthwise_impl('auto')
+    auto = ops.resolve_depthwise_impl('auto')
     allocator = cli_utils.preloaded_allocator() or 'glibc malloc'
     host = cli_utils.host_cpu()
     print(f'# {host}; JAX {jax.__version__} on {jax.default_backend()} ({jax.devices()[0].device_kind}); '

@@ -36,7 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from mobilenets_jax import cli_utils, optim, published
+from mobilenets_jax import cli_utils, ops, optim, published
 from mobilenets_jax.models import init as model_init, layers, registry
 
 # The fields of one `analyze` record, in output order.
@@ -201,8 +201,8 @@ def _layer_row(record: dict) -> dict:
         taps = int(np.prod(kernel))
         if issubclass(module_type, (layers.Conv2D, layers.DepthwiseConv2D)):
             strides = attrs['strides']
-            pads = layers.explicit_padding(in_shape[1], in_shape[2], kernel, strides,
-                                           layers.conv_padding(attrs['kernel_size'], attrs['padding_style']))
+            pads = ops.explicit_padding(in_shape[1], in_shape[2], kernel, strides,
+                                        layers.conv_padding(attrs['kernel_size'], attrs['padding_style']))
         if groups == 1:
             kind = 'conv'
         elif groups == cin and cout % cin == 0:

@@ -6,6 +6,7 @@ strides 1 and 2, both padding styles, odd/even/non-square inputs, kernels 3 and 
 two forms round their k² partial sums differently). Parameter trees and counts must not depend on the
 implementation. Nothing here compiles a full-size model.
 """
+import dataclasses
 import itertools
 
 import jax
@@ -14,9 +15,10 @@ import numpy as np
 import pytest
 
 import mobilenets_jax as mj
+from mobilenets_jax import ops
 from mobilenets_jax.models import layers
 
-IMPLS = [impl for impl in layers.DEPTHWISE_IMPLS if impl not in ('xla', 'auto')]
+IMPLS = [impl for impl in ops.DEPTHWISE_IMPLS if impl not in ('xla', 'auto')]
 SIZES = [(7, 7), (8, 8), (9, 6)]   # odd, even, non-square (odd × even)
 F32_TOL = 1e-5
 BF16_TOL = 2e-2
@@ -54,18 +56,21 @@ def _all_cases(impl_fn, xs, kernels, cotangents):
     return results
 
 
+# Policies that force a backward-pass form onto every case of these small shapes.
+POLICIES = {
+    # Large strided maps take the input gradient by output phase.
+    'polyphase': dataclasses.replace(ops.DEFAULT_POLICY, polyphase_min_input_size=0),
+    # Wide 3×3 layers take the kernel gradient row by row.
+    'row_loop': dataclasses.replace(ops.DEFAULT_POLICY, row_loop_min_channels=0, row_loop_min_output_size=0,
+                                    row_loop_max_taps=25),
+}
+
+
 @pytest.mark.parametrize('impl', IMPLS + ['shifted:polyphase', 'shifted:row_loop'])
 @pytest.mark.parametrize('dtype,tol', [(jnp.float32, F32_TOL), (jnp.bfloat16, BF16_TOL)], ids=['f32', 'bf16'])
-def test_depthwise_equals_lax(impl, dtype, tol, monkeypatch):
-    if impl == 'shifted:polyphase':
-        # Large strided maps take the input gradient by output phase; force it on these small ones.
-        monkeypatch.setattr(layers, '_POLYPHASE_MIN_INPUT_SIZE', 0)
-    if impl == 'shifted:row_loop':
-        # Wide 3×3 layers take the kernel gradient row by row; force it on every case here.
-        monkeypatch.setattr(layers, '_ROW_LOOP_MIN_CHANNELS', 0)
-        monkeypatch.setattr(layers, '_ROW_LOOP_MIN_OUTPUT_SIZE', 0)
-        monkeypatch.setattr(layers, '_ROW_LOOP_MAX_TAPS', 25)
-    impl = impl.split(':')[0]
+def test_depthwise_equals_lax(impl, dtype, tol):
+    impl, _, forced = impl.partition(':')
+    policy = POLICIES[forced] if forced else ops.DEFAULT_POLICY
     rng = np.random.default_rng(0)
     xs, kernels, cotangents = [], [], []
     for (height, width), k, strides, style in CASES:
@@ -75,7 +80,7 @@ def test_depthwise_equals_lax(impl, dtype, tol, monkeypatch):
         out_shape = jax.eval_shape(lambda a, b: _lax_depthwise(a, b, strides, padding), xs[-1], kernels[-1]).shape
         cotangents.append(jnp.asarray(rng.standard_normal(out_shape), dtype))
     expected = jax.jit(lambda *a: _all_cases(_lax_depthwise, *a))(xs, kernels, cotangents)
-    ours = lambda a, b, strides, padding: layers.depthwise_conv(a, b, strides, padding, impl)
+    ours = lambda a, b, strides, padding: ops.depthwise_conv(a, b, strides, padding, impl, policy)
     actual = jax.jit(lambda *a: _all_cases(ours, *a))(xs, kernels, cotangents)
     for ((height, width), k, strides, style), act, exp in zip(CASES, actual, expected):
         for name, a, e in zip(('value', 'grad x', 'grad kernel'), act, exp):
@@ -83,11 +88,11 @@ def test_depthwise_equals_lax(impl, dtype, tol, monkeypatch):
             _assert_close(a, e, tol, f'{impl} {name} {height}x{width} k{k} s{strides} {style} {dtype.__name__}')
 
 
-def _kernel_gradient_loops(shape, kernel_size, strides):
+def _kernel_gradient_loops(shape, kernel_size, strides, policy=ops.DEFAULT_POLICY):
     """How many loops the shifted depthwise backward pass at this shape traces (the row loop's)."""
     x = jax.ShapeDtypeStruct(shape, jnp.float32)
     kernel = jax.ShapeDtypeStruct((kernel_size, kernel_size, 1, shape[-1]), jnp.float32)
-    grad = jax.grad(lambda a, b: jnp.sum(layers.depthwise_conv(a, b, strides, 'SAME', 'shifted')), (0, 1))
+    grad = jax.grad(lambda a, b: jnp.sum(ops.depthwise_conv(a, b, strides, 'SAME', 'shifted', policy)), (0, 1))
     jaxpr = str(jax.make_jaxpr(grad)(x, kernel))
     return jaxpr.count('scan[') + jaxpr.count('while[')    # fori_loop with static bounds is a scan
 
@@ -100,6 +105,8 @@ def test_row_loop_kernel_gradient_only_on_wide_3x3_layers():
     assert _kernel_gradient_loops((2, 7, 7, 1024), 3, 1) == 0      # small map
     assert _kernel_gradient_loops((2, 14, 14, 64), 3, 2) == 0      # 7×7 outputs
     assert _kernel_gradient_loops((2, 14, 14, 64), 5, 1) == 0      # 5×5
+    # The thresholds are the policy's: a policy that forces the loop gets it on a 5×5 narrow layer.
+    assert _kernel_gradient_loops((2, 7, 7, 8), 5, 1, POLICIES['row_loop']) == 1
 
 
 def test_row_loop_kernel_gradient_on_a_wide_layer():
@@ -109,7 +116,7 @@ def test_row_loop_kernel_gradient_on_a_wide_layer():
     kernel = jnp.asarray(rng.standard_normal((3, 3, 1, 64)), jnp.float32)
     for strides, padding in ((1, 'SAME'), (2, ((1, 1), (1, 1)))):
         loss = lambda fn: (lambda a, b: jnp.sum(jnp.sin(fn(a, b, strides, padding))))
-        ours = jax.jit(jax.grad(loss(lambda a, b, s, p: layers.depthwise_conv(a, b, s, p, 'shifted')), (0, 1)))
+        ours = jax.jit(jax.grad(loss(lambda a, b, s, p: ops.depthwise_conv(a, b, s, p, 'shifted')), (0, 1)))
         expected = jax.grad(loss(_lax_depthwise), (0, 1))(x, kernel)
         for name, a, e in zip(('grad x', 'grad kernel'), ours(x, kernel), expected):
             _assert_close(a, e, F32_TOL, f'{name} s{strides}')
@@ -119,17 +126,20 @@ def test_depthwise_under_jit_matches_eager():
     x = jnp.asarray(np.random.default_rng(1).standard_normal((2, 10, 10, 4)), jnp.float32)
     kernel = jnp.asarray(np.random.default_rng(2).standard_normal((3, 3, 1, 4)), jnp.float32)
     for impl in IMPLS:
-        grad = jax.jit(jax.grad(lambda a, b: jnp.sum(layers.depthwise_conv(a, b, 2, 'SAME', impl) ** 2), (0, 1)))
+        grad = jax.jit(jax.grad(lambda a, b: jnp.sum(ops.depthwise_conv(a, b, 2, 'SAME', impl) ** 2), (0, 1)))
         ref = jax.grad(lambda a, b: jnp.sum(_lax_depthwise(a, b, 2, 'SAME') ** 2), (0, 1))(x, kernel)
         for a, e in zip(grad(x, kernel), ref):
             _assert_close(a, e, F32_TOL, impl)
 
 
 def test_auto_resolves_per_backend():
-    assert layers.resolve_depthwise_impl('auto', 'cpu') == layers.AUTO_DEPTHWISE_IMPL['cpu']
+    assert ops.resolve_depthwise_impl('auto', 'cpu') == 'shifted'
     for backend in ('gpu', 'cuda', 'tpu', 'something_new'):
-        assert layers.resolve_depthwise_impl('auto', backend) == 'xla'
-    assert layers.resolve_depthwise_impl('xla', 'cpu') == 'xla'
+        assert ops.resolve_depthwise_impl('auto', backend) == 'xla'
+    assert ops.resolve_depthwise_impl('xla', 'cpu') == 'xla'
+    gpu_shifted = dataclasses.replace(ops.DEFAULT_POLICY, auto_depthwise_impl=(('gpu', 'shifted'),))
+    assert ops.resolve_depthwise_impl('auto', 'gpu', gpu_shifted) == 'shifted'
+    assert ops.resolve_depthwise_impl('auto', 'cpu', gpu_shifted) == 'xla'
     with pytest.raises(ValueError, match='depthwise_impl'):
         layers.DepthwiseConv2D(impl='nope').init(jax.random.key(0), jnp.zeros((1, 4, 4, 2)))
 
@@ -186,7 +196,7 @@ def test_im2col_patches_are_the_taps_concatenated():
     for k, strides in [(1, 1), (3, 1), (3, 2), (5, 2), (3, 3), (2, 2), (7, 2)]:
         for height, width in SIZES + [(11, 4)]:
             for padding in ('SAME', ((k // 2, k // 2),) * 2, ((0, 1), (2, 0))):
-                pads = layers.explicit_padding(height, width, (k, k), strides, padding)
+                pads = ops.explicit_padding(height, width, (k, k), strides, padding)
                 if min(size + lo + hi - k for size, (lo, hi) in zip((height, width), pads)) < 0:
                     continue                                        # no output position
                 cases.append((k, strides, pads, f'{height}x{width} k{k} s{strides} {padding}'))
@@ -196,8 +206,8 @@ def test_im2col_patches_are_the_taps_concatenated():
         results = []
         for (k, strides, pads, _), x in zip(cases, xs):
             xp = jnp.pad(x, ((0, 0), pads[0], pads[1], (0, 0)))
-            taps = layers._taps(xp, (k, k), strides, layers._out_hw(x, (k, k), strides, pads))
-            results.append((layers._im2col_patches(x, (k, k), strides, pads),
+            taps = ops.taps(xp, (k, k), strides, ops.out_hw(x, (k, k), strides, pads))
+            results.append((ops.im2col_patches(x, (k, k), strides, pads),
                             jnp.concatenate([tap for _, tap in taps], axis=-1)))
         return results
 
@@ -217,10 +227,10 @@ def test_winograd_equals_lax(shape, pads):
     rng = np.random.default_rng(5)
     x = jnp.asarray(rng.standard_normal(shape), jnp.float32)
     kernel = jnp.asarray(rng.standard_normal((3, 3, shape[-1], 7)), jnp.float32)
-    ref = lambda a, k: layers._lax_conv(a, k, 1, pads)  # noqa: E731
+    ref = lambda a, k: ops.lax_conv(a, k, 1, pads)  # noqa: E731
     cotangent = jnp.asarray(rng.standard_normal(ref(x, kernel).shape), jnp.float32)
     expected = _value_and_grads(ref, x, kernel, cotangent)
-    actual = jax.jit(lambda a, k, c: _value_and_grads(lambda u, v: layers._winograd_conv(u, v, pads), a, k, c))(
+    actual = jax.jit(lambda a, k, c: _value_and_grads(lambda u, v: ops.winograd_conv(u, v, pads), a, k, c))(
         x, kernel, cotangent)
     for what, a, e in zip(('value', 'input grad', 'kernel grad'), actual, expected):
         _assert_close(a, e, F32_TOL, what)
@@ -230,7 +240,7 @@ def test_winograd_is_chosen_only_where_measured():
     """Dense 3×3 stride-1 float32 over > 4 channels on CPU takes Winograd; nothing else does."""
     same = ((1, 1), (1, 1))
     x, kernel = jnp.zeros((1, 8, 8, 12)), jnp.zeros((3, 3, 12, 16))
-    applies = lambda x, kernel, strides, groups, pads: layers.winograd_applies(  # noqa: E731
+    applies = lambda x, kernel, strides, groups, pads: ops.winograd_applies(  # noqa: E731
         kernel.shape, strides, groups, pads, x.dtype)
     assert applies(x, kernel, 1, 1, same) == (jax.default_backend() == 'cpu')
     assert not applies(x.astype(jnp.bfloat16), kernel.astype(jnp.bfloat16), 1, 1, same)
@@ -241,8 +251,14 @@ def test_winograd_is_chosen_only_where_measured():
     assert not applies(x[..., :3], kernel[:, :, :3], 1, 1, same)
     assert not applies(x, jnp.zeros((5, 5, 12, 16)), 1, 1, ((2, 2), (2, 2)))
     assert not applies(x, kernel, 1, 1, ((3, 3), (1, 1)))
-    assert layers.winograd_applies(kernel.shape, 1, 1, same, jnp.float32, backend='cpu')
-    assert not layers.winograd_applies(kernel.shape, 1, 1, same, jnp.float32, backend='gpu')
+    assert ops.winograd_applies(kernel.shape, 1, 1, same, jnp.float32, backend='cpu')
+    assert not ops.winograd_applies(kernel.shape, 1, 1, same, jnp.float32, backend='gpu')
+    # The backend, dtype and stem rules are the policy's.
+    everywhere = dataclasses.replace(ops.DEFAULT_POLICY, winograd_backends=('cpu', 'gpu'),
+                                     winograd_dtypes=('float32', 'bfloat16'), im2col_max_input_channels=2)
+    assert ops.winograd_applies(kernel.shape, 1, 1, same, jnp.float32, backend='gpu', policy=everywhere)
+    assert ops.winograd_applies(kernel.shape, 1, 1, same, jnp.bfloat16, backend='cpu', policy=everywhere)
+    assert ops.winograd_applies((3, 3, 3, 16), 1, 1, same, jnp.float32, backend='cpu', policy=everywhere)
 
 
 POOL_CASES = list(itertools.product(SIZES, (2, 3), (1, 2), ('SAME', ((1, 1), (1, 1)), ((0, 1), (1, 0)))))
@@ -318,7 +334,7 @@ def _abstract_variables(name, impl, **kwargs):
 @pytest.mark.parametrize('name,kwargs', [('mobilenet_v2', {}), ('mobilenet_v3_small', {}),
                                          ('shufflenet_v1', {'groups': 3}), ('cifar_mobilenet_v1', {})])
 def test_parameter_tree_and_count_independent_of_impl(name, kwargs):
-    trees = {impl: _abstract_variables(name, impl, **kwargs) for impl in layers.DEPTHWISE_IMPLS}
+    trees = {impl: _abstract_variables(name, impl, **kwargs) for impl in ops.DEPTHWISE_IMPLS}
     shapes = {impl: jax.tree_util.tree_map_with_path(lambda p, a: (jax.tree_util.keystr(p), a.shape, a.dtype), t)
               for impl, t in trees.items()}
     reference = shapes['xla']

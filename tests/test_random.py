@@ -4,6 +4,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from mobilenets_jax import ops
 from mobilenets_jax.models import layers
 
 # Random123's known-answer vectors for Threefry-2x32 with 20 rounds: (key, counter) -> output.
@@ -16,7 +17,7 @@ THREEFRY_KAT = [
 
 @pytest.mark.parametrize('key,counter,expected', THREEFRY_KAT)
 def test_threefry_known_answers(key, counter, expected):
-    out = layers.threefry2x32(key, tuple(np.uint32(c) for c in counter))
+    out = ops.threefry2x32(key, tuple(np.uint32(c) for c in counter))
     assert tuple(int(v) for v in out) == expected
 
 
@@ -25,17 +26,17 @@ def test_random_bits_equal_jax_random_bits(shape):
     key = jax.random.key(1234)
     with jax.threefry_partitionable(True):
         expected = np.asarray(jax.random.bits(key, shape, jnp.uint32))
-    actual = np.asarray(jax.jit(lambda k: layers.random_bits(k, shape))(key))
+    actual = np.asarray(jax.jit(lambda k: ops.random_bits(k, shape))(key))
     np.testing.assert_array_equal(actual, expected)
 
 
 def test_random_bits_accept_raw_and_rbg_keys():
     raw = jax.random.key_data(jax.random.key(7))
-    np.testing.assert_array_equal(layers.random_bits(raw, (6,)), layers.random_bits(jax.random.key(7), (6,)))
-    rbg = layers.random_bits(jax.random.key(7, impl='rbg'), (1000,))
+    np.testing.assert_array_equal(ops.random_bits(raw, (6,)), ops.random_bits(jax.random.key(7), (6,)))
+    rbg = ops.random_bits(jax.random.key(7, impl='rbg'), (1000,))
     assert len(np.unique(np.asarray(rbg))) > 990
     with pytest.raises(ValueError, match='at least 2 uint32 words'):
-        layers.random_bits(jnp.zeros((1,), jnp.uint32), (3,))
+        ops.random_bits(jnp.zeros((1,), jnp.uint32), (3,))
 
 
 def test_dropout_rate_scaling_and_determinism():
