@@ -2,9 +2,9 @@
 
     python benchmarks/depthwise_layer.py [--impls=xla,shifted,shifted_autodiff] [--repeats=5]
 
-The shapes are the zoo's typical layers (batch, height, width, channels, stride). This is the table in
-`layers.DepthwiseConv2D`'s docstring, and what 'auto' was chosen from. Median of `--repeats` timed calls
-after one warm-up, float32, on JAX's default backend.
+The shapes are the zoo's typical layers (batch, height, width, channels, stride). This is the per-layer
+table in docs/performance.md, and what `KernelPolicy.auto_depthwise_impl` ('auto') was chosen from.
+Median of `--repeats` timed calls after one warm-up, float32, on JAX's default backend.
 """
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 from mobilenets_jax.cost import median_seconds  # noqa: E402
-from mobilenets_jax.models import layers  # noqa: E402
+from mobilenets_jax import ops  # noqa: E402
 
 SHAPES = ((32, 112, 112, 32, 1), (32, 112, 112, 64, 2), (32, 28, 28, 256, 1), (128, 16, 16, 256, 2),
           (32, 14, 14, 512, 1), (64, 32, 32, 32, 1))
@@ -43,8 +43,8 @@ def main(argv=None):
         kernel = jnp.asarray(rng.standard_normal((3, 3, 1, c)), jnp.float32)
         cells = []
         for impl in impls:
-            forward = jax.jit(lambda a, k, impl=impl: layers.depthwise_conv(a, k, s, 'SAME', impl))
-            backward = jax.jit(jax.grad(lambda a, k, impl=impl: jnp.sum(layers.depthwise_conv(a, k, s, 'SAME', impl)),
+            forward = jax.jit(lambda a, k, impl=impl: ops.depthwise_conv(a, k, s, 'SAME', impl))
+            backward = jax.jit(jax.grad(lambda a, k, impl=impl: jnp.sum(ops.depthwise_conv(a, k, s, 'SAME', impl)),
                                         argnums=(0, 1)))
             cells.append(f'{_median_ms(forward, x, kernel, repeats=args.repeats):7.0f} / '
                          f'{_median_ms(backward, x, kernel, repeats=args.repeats):<7.0f}')
