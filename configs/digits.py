@@ -8,28 +8,23 @@ Expected: >= 95% top-1 on the digits test split. Measured: 99.44% top-1 (EMA wei
 after 30 epochs; train.py took 59 s on the idle 2-core Xeon CPU (2026-11-22, depthwise_impl='auto' =
 shifted taps); eval.py reproduces the same 99.44%.
 """
-from configs import default
+from configs import cifar10
 
 
 def get_config():
-    config = default.get_config()
-    config.model.name = 'cifar_mobilenet_v1'
+    # The CIFAR study's settings (Adam 1e-3, pixels in [0, 1], no weight decay or label smoothing), then
+    # what a 30-epoch run on 1,437 tiny images needs.
+    config = cifar10.get_config()
     config.model.alpha = 0.5
     config.model.dropout_rate = 0.1
     config.model.bn_momentum = 0.9   # a short run: running statistics must forget their init quickly
     config.dataset = 'digits'
     config.rho = 0.5    # 16x16: the digits are 8x8 originally, so nothing is lost and steps are 4x cheaper
-    config.normalization = 'unit'
     config.augment = True
     config.batch_size = 64
     config.num_epochs = 30.0
-    config.optimizer = 'adam'
-    config.learning_rate = 1e-3
-    config.scale_learning_rate = False
     config.warmup_epochs = 1.0
     config.schedule = 'cosine'
-    config.weight_decay = 0.0
-    config.label_smoothing = 0.0
     config.ema_decay = 0.99
     config.log_every_steps = 50
     config.eval_every_epochs = 10.0
