@@ -8,3 +8,16 @@ os.environ.setdefault('JAX_NUM_CPU_DEVICES', '8')
 os.environ.setdefault('JAX_PLATFORMS', 'cpu')
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 os.environ.setdefault('CUDA_VISIBLE_DEVICES', '')
+
+
+import pytest  # noqa: E402
+
+from tests.tiny_config import tiny_digits_config  # noqa: E402
+
+
+@pytest.fixture
+def tiny_config(tmp_path):
+    """A factory: tiny_config(**overrides) -> the tiny digits config with data under tmp_path/tfds."""
+    def make(**overrides):
+        return tiny_digits_config(str(tmp_path / 'tfds'), **overrides)
+    return make

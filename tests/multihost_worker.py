@@ -19,18 +19,13 @@ if num_processes > 1:
 
 import numpy as np  # noqa: E402
 
-from configs import digits  # noqa: E402
 from mobilenets_jax import train_lib  # noqa: E402
+from tests.tiny_config import tiny_digits_config  # noqa: E402
 
-config = digits.get_config()
-config.model.name = 'cifar_mobilenet_v2'
-config.model.dropout_rate = 0.0
-config.batch_size = 16
-config.sync_batch_stats = True
 # TF RMSprop (eps 1.0) rather than the quickstart's Adam: Adam turns float-rounding noise in the
 # near-zero gradients of pre-BatchNorm biases into full-size steps of either sign.
-config.optimizer = 'rmsprop'
-config.learning_rate = 0.01
+config = tiny_digits_config(**{'model.dropout_rate': 0.0, 'optimizer': 'rmsprop', 'learning_rate': 0.01,
+                               'sync_batch_stats': True})
 mesh = train_lib.create_mesh()
 assert mesh.devices.size == 8, mesh
 setup = train_lib.create_setup(config, num_train_examples=160)

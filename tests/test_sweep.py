@@ -6,26 +6,14 @@ import sys
 
 from PIL import Image
 
-from configs import digits
 from mobilenets_jax import sweep_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def tiny_config(tmp_path):
-    config = digits.get_config()
-    config.model.name = 'cifar_mobilenet_v2'
-    config.data_dir = str(tmp_path / 'tfds')
-    config.batch_size = 16
-    config.num_train_steps = 2
-    config.log_every_steps = 1
-    config.steps_per_eval = 2
-    return config
-
-
-def test_two_by_two_grid_table_figures_and_resume(tmp_path, monkeypatch):
+def test_two_by_two_grid_table_figures_and_resume(tmp_path, tiny_config, monkeypatch):
     workdir = str(tmp_path / 'sweep')
-    config = tiny_config(tmp_path)
+    config = tiny_config(num_train_steps=2)
     result = sweep_lib.run_sweep(config, workdir, models=['cifar_mobilenet_v2'], alphas=[0.5, 1.0], rhos=[0.5, 1.0])
     assert not result['failed'] and len(result['trained']) == 4
     rows = sweep_lib.read_results(os.path.join(workdir, 'results.csv'))
@@ -57,9 +45,9 @@ def test_two_by_two_grid_table_figures_and_resume(tmp_path, monkeypatch):
     assert int(row['macs']) == record['macs'] and int(row['params']) == record['params']
 
 
-def test_failed_point_is_reported_and_others_continue(tmp_path, monkeypatch):
+def test_failed_point_is_reported_and_others_continue(tmp_path, tiny_config, monkeypatch):
     workdir = str(tmp_path / 'sweep')
-    config = tiny_config(tmp_path)
+    config = tiny_config(num_train_steps=2)
     real = sweep_lib.train_lib.train_and_evaluate
 
     def flaky(cfg, point_dir):

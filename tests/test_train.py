@@ -12,21 +12,14 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from configs import cifar10, digits, mobilenet_v1_imagenet
+from configs import cifar10, mobilenet_v1_imagenet
 from mobilenets_jax import checkpoints, train_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def tiny_digits_config(tmp_path):
-    config = digits.get_config()
-    config.model.name = 'cifar_mobilenet_v2'
-    config.model.dropout_rate = 0.0
-    config.data_dir = str(tmp_path / 'tfds')
-    config.batch_size = 16
-    config.optimizer = 'rmsprop'  # see tests/multihost_worker.py: Adam amplifies rounding noise
-    config.learning_rate = 0.01
-    return config
+# see tests/multihost_worker.py: Adam amplifies rounding noise
+RMSPROP = {'model.dropout_rate': 0.0, 'optimizer': 'rmsprop', 'learning_rate': 0.01}
 
 
 @pytest.mark.parametrize('field, value, message', [
@@ -38,8 +31,8 @@ def tiny_digits_config(tmp_path):
     ('ema_decay', 1.5, 'config.ema_decay=1.5'),
     ('model.alpha', 0.0, 'alpha=0.0 for cifar_mobilenet_v2'),
 ])
-def test_config_guardrails(tmp_path, field, value, message):
-    config = tiny_digits_config(tmp_path)
+def test_config_guardrails(tiny_config, field, value, message):
+    config = tiny_config(**RMSPROP)
     *parents, leaf = field.split('.')
     node = config
     for parent in parents:
@@ -58,8 +51,8 @@ def _one_step(config, devices, batch):
     return jax.device_get(state)
 
 
-def test_sync_batch_stats_eight_devices_equal_one_device(tmp_path):
-    config = tiny_digits_config(tmp_path)
+def test_sync_batch_stats_eight_devices_equal_one_device(tiny_config):
+    config = tiny_config(**RMSPROP)
     config.sync_batch_stats = True
     rng = np.random.default_rng(0)
     batch = {'image': rng.uniform(size=(16, 16, 16, 3)).astype(np.float32),
