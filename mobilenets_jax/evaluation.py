@@ -3,9 +3,10 @@
     record = evaluate_checkpoint(config, workdir)            # latest step, EMA weights when present
     record = evaluate_checkpoint(config, workdir, step=2000, weights='raw', split='train')
 
-Only what inference needs is read: `params` and `batch_stats` (or their EMA twins) are restored as a
-*partial* tree from the 'state' item that training saved, straight into replicated arrays on the current
-mesh, so neither the optimizer state nor the device count that wrote the checkpoint matters. Every example
+Only what inference needs is read (`checkpoints.load_variables`): `params` and `batch_stats` (or their EMA
+twins) are restored as a *partial* tree from the 'state' item that training saved, straight into replicated
+arrays on the current mesh, so neither the optimizer state nor the device count that wrote the checkpoint
+matters. Every example
 of the split counts exactly once (the input pipeline pads and masks the last batch), so the result does
 not depend on the batch size or the number of devices.
 
@@ -16,221 +17,23 @@ checkpoint trained without EMA, and a batch size that the devices do not divide.
 """
 from __future__ import annotations
 
-import contextlib
 import json
-import logging as logging_std
 import math
 import os
 import time
-from typing import Any, Optional
+from typing import Optional
 
 from absl import logging
 import jax
 import ml_collections
-import numpy as np
-import orbax.checkpoint as ocp
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from mobilenets_jax import checkpoints, compilation_cache, config_lib, models, train_lib
+from mobilenets_jax.data import datasets
 
 RESULTS_FILE = 'eval_results.jsonl'
-WEIGHTS = ('ema', 'raw')
 # Seconds between progress lines (batches done, throughput, ETA); short evaluations print none.
 PROGRESS_EVERY_SECS = 20.0
-
-
-# ----------------------------------------------------------------------------------------------
-# Finding and reading the checkpoint
-# ----------------------------------------------------------------------------------------------
-
-class _DropReadOnlyNotice(logging_std.Filter):
-    """Orbax warns that a read-only manager is read-only; for evaluation that is the point."""
-
-    def filter(self, record):
-        return not str(record.msg).startswith('Given directory is read only')
-
-
-@contextlib.contextmanager
-def _quiet_read_only_notice():
-    logger = logging.get_absl_logger()
-    notice = _DropReadOnlyNotice()
-    logger.addFilter(notice)
-    try:
-        yield
-    finally:
-        logger.removeFilter(notice)
-
-
-def open_checkpoints(workdir: str) -> ocp.CheckpointManager:
-    """A read-only manager over `<workdir>/checkpoints` that can read the 'state' item's metadata.
-
-    Read-only: evaluating someone else's run never creates, deletes or cleans anything in it.
-    """
-    options = ocp.CheckpointManagerOptions(read_only=True, create=False, save_interval_steps=0,
-                                           max_to_keep=None)
-    with _quiet_read_only_notice():
-        return ocp.CheckpointManager(checkpoints.checkpoint_dir(workdir), options=options,
-                                     item_handlers={'state': ocp.PyTreeCheckpointHandler()})
-
-
-def resolve_step(manager: ocp.CheckpointManager, workdir: str, step: Optional[int] = None) -> int:
-    """The requested step, or the latest one; ValueError naming the directory or the existing steps."""
-    steps = sorted(manager.all_steps())
-    directory = checkpoints.checkpoint_dir(workdir)
-    if not steps:
-        raise ValueError(f'no checkpoint in {directory} (looked for orbax step directories there; '
-                         f'is --workdir the directory that training wrote?)')
-    if step is None:
-        return steps[-1]
-    if step not in steps:
-        raise ValueError(f'no checkpoint for step {step} in {directory}; existing steps: '
-                         f'{", ".join(str(s) for s in steps)}')
-    return int(step)
-
-
-def saved_tree(manager: ocp.CheckpointManager, step: int) -> dict:
-    """The saved 'state' tree with array metadata (shape, dtype) at its leaves; reads no arrays."""
-    metadata = manager.item_metadata(step)
-    state = metadata['state'] if metadata is not None and 'state' in metadata else None
-    state = getattr(state, 'tree', state)
-    if not isinstance(state, dict) or 'params' not in state:
-        raise ValueError(f'the checkpoint at step {step} in {manager.directory} has no training state '
-                         "('state' item with params); was it written by train.py?")
-    return state
-
-
-def _flat_shapes(tree: Any) -> dict:
-    """{'params/block_1_depthwise/kernel': shape, ...} over the leaves of `tree`."""
-    flat = {}
-    for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
-        name = '/'.join(str(getattr(key, 'key', getattr(key, 'idx', key))) for key in path)
-        flat[name] = tuple(leaf.shape)
-    return flat
-
-
-def _params_first(name: str):
-    """Report trainable parameters before BatchNorm statistics: they are what a user recognises."""
-    return (not name.startswith('params/'), name)
-
-
-def check_shapes(saved: dict, expected: dict, config: ml_collections.ConfigDict, num_classes: int) -> None:
-    """ValueError naming the first parameter that differs and the config field that probably differs.
-
-    `saved` and `expected` are {'params': ..., 'batch_stats': ...} trees of array metadata / shapes.
-    """
-    saved_flat, expected_flat = _flat_shapes(saved), _flat_shapes(expected)
-    described = (f'config.model.name={config.model.name!r}, config.model.alpha={config.model.alpha}, '
-                 f'config.dataset={config.dataset!r}')
-    missing = sorted(set(expected_flat) - set(saved_flat), key=_params_first)
-    extra = sorted(set(saved_flat) - set(expected_flat), key=_params_first)
-    if missing or extra:
-        if missing:
-            what = f'the model ({described}) has {missing[0]!r}, which the checkpoint lacks'
-        else:
-            what = f'the checkpoint has {extra[0]!r}, which the model ({described}) lacks'
-        more = len(missing) + len(extra) - 1
-        raise ValueError(
-            f'the checkpoint does not fit the config: {what}'
-            f'{f" ({more} more parameters differ)" if more else ""}; config.model.name probably differs '
-            f'from the one trained (checkpoint: {len(saved_flat)} arrays, model: {len(expected_flat)})')
-    differing = [name for name in sorted(expected_flat, key=_params_first)
-                 if saved_flat[name] != expected_flat[name]]
-    if not differing:
-        return
-
-    def classifier_only(name):
-        saved_shape, expected_shape = saved_flat[name], expected_flat[name]
-        return (len(saved_shape) == len(expected_shape) and expected_shape[-1] == num_classes
-                and saved_shape[:-1] == expected_shape[:-1])
-
-    if all(classifier_only(name) for name in differing):
-        name = differing[0]
-        field = (f'config.dataset probably differs: the checkpoint classifies {saved_flat[name][-1]} classes, '
-                 f'{config.dataset!r} has {num_classes}')
-    else:
-        name = next(n for n in differing if not classifier_only(n))
-        field = 'config.model.alpha probably differs'
-        if config.model.name == 'shufflenet_v1':
-            field += ' (or config.model.groups)'
-        field += ' (or config.model.name, if another architecture wrote it)'
-    more = len(differing) - 1
-    raise ValueError(
-        f'the checkpoint does not fit the config: {name} has shape {saved_flat[name]} in the checkpoint but '
-        f'{expected_flat[name]} in the model ({described})'
-        f'{f"; {more} more parameters differ" if more else ""}; {field}')
-
-
-def _restore_target(tree: Any, sharding: NamedSharding):
-    item = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), tree)
-    restore_args = jax.tree.map(
-        lambda x: ocp.ArrayRestoreArgs(sharding=sharding, global_shape=x.shape, dtype=x.dtype), tree)
-    return item, restore_args
-
-
-def restore_subset(manager: ocp.CheckpointManager, step: int, target: dict, mesh: Mesh) -> dict:
-    """Restores only the top-level entries of 'state' named in `target`, replicated over `mesh`.
-
-    `target` maps entry names ('params', 'ema_batch_stats', ...) to trees of shapes/dtypes. The rest of the
-    checkpoint (optimizer state, rng, ...) is skipped by orbax's partial restore, never read or allocated.
-    """
-    empty = {name: tree for name, tree in target.items() if not jax.tree.leaves(tree)}
-    target = {name: tree for name, tree in target.items() if name not in empty}
-    item, restore_args = _restore_target(target, NamedSharding(mesh, P()))
-    restored = manager.restore(step, args=ocp.args.Composite(
-        state=ocp.args.PyTreeRestore(item=item, restore_args=restore_args, partial_restore=True)))
-    return {**dict(restored['state']), **empty}
-
-
-def _local_copy(x: jax.Array) -> np.ndarray:
-    return np.asarray(x.addressable_shards[0].data)
-
-
-def trees_equal(a: Any, b: Any) -> bool:
-    """Bitwise equality of two replicated trees (each process compares its own replica)."""
-    leaves_a, leaves_b = jax.tree.leaves(a), jax.tree.leaves(b)
-    return len(leaves_a) == len(leaves_b) and all(
-        np.array_equal(_local_copy(x), _local_copy(y)) for x, y in zip(leaves_a, leaves_b))
-
-
-def _check_weights(weights: Optional[str]) -> None:
-    if weights not in (None, *WEIGHTS):
-        raise ValueError(f'--weights={weights!r}; allowed: {", ".join(WEIGHTS)}')
-
-
-def load_variables(manager: ocp.CheckpointManager, step: int, expected: dict, mesh: Mesh,
-                   weights: Optional[str] = None, saved: Optional[dict] = None) -> tuple[dict, str]:
-    """({'params', 'batch_stats'} on `mesh`, 'ema' | 'raw') for `weights` (None: EMA when present).
-
-    `saved` is the checkpoint's `saved_tree` when the caller has read it already (else it is read here).
-
-    A checkpoint trained without EMA (config.ema_decay = 0) still stores ema_params, as bitwise copies of
-    params; that is how "no EMA" is recognised.
-    """
-    _check_weights(weights)
-    saved = saved_tree(manager, step) if saved is None else saved
-    if weights == 'raw' or 'ema_params' not in saved:
-        if weights == 'ema':
-            raise ValueError(f'--weights=ema, but the checkpoint at step {step} in {manager.directory} '
-                             'holds no EMA weights; use --weights=raw')
-        restored = restore_subset(manager, step, {'params': expected['params'],
-                                                  'batch_stats': expected['batch_stats']}, mesh)
-        return {'params': restored['params'], 'batch_stats': restored['batch_stats']}, 'raw'
-    restored = restore_subset(manager, step, {
-        'params': expected['params'], 'batch_stats': expected['batch_stats'],
-        'ema_params': expected['params'], 'ema_batch_stats': expected['batch_stats']}, mesh)
-    has_ema = not trees_equal(restored['params'], restored['ema_params'])
-    if weights == 'ema' and not has_ema:
-        raise ValueError(f'--weights=ema, but the checkpoint at step {step} in {manager.directory} has no '
-                         'EMA weights (it was trained with config.ema_decay=0: its EMA copy equals the raw '
-                         'weights); use --weights=raw or leave --weights out')
-    if has_ema:
-        return {'params': restored['ema_params'], 'batch_stats': restored['ema_batch_stats']}, 'ema'
-    return {'params': restored['params'], 'batch_stats': restored['batch_stats']}, 'raw'
-
-
-# ----------------------------------------------------------------------------------------------
-# Running the evaluation
-# ----------------------------------------------------------------------------------------------
 
 _COMPILED: dict = {}
 
@@ -303,7 +106,7 @@ def _split_size(config: ml_collections.ConfigDict, split: str) -> int:
     try:
         return input_pipeline.num_examples(config.dataset, split, data_dir=config.data_dir)
     except (KeyError, ValueError) as error:
-        if isinstance(error, input_pipeline.DatasetNotPreparedError):
+        if isinstance(error, datasets.DatasetNotPreparedError):
             raise
         raise ValueError(f'--split={split!r} is not a split of {config.dataset!r}: {error}') from None
 
@@ -341,29 +144,29 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str, *, step
     """
     mesh = train_lib.create_mesh() if mesh is None else mesh
     num_devices = mesh.devices.size
-    _check_weights(weights)
+    checkpoints.check_weights(weights)
     _check_batch_size(config, num_devices)
 
     # The checkpoint first: a wrong --workdir or --step is the likeliest mistake, and costs nothing to find.
-    manager = open_checkpoints(workdir)
+    manager = checkpoints.open_checkpoints(workdir)
     try:
-        step = resolve_step(manager, workdir, step)
-        saved = saved_tree(manager, step)
+        step = checkpoints.resolve_step(manager, workdir, step)
+        saved = checkpoints.saved_tree(manager, step)
 
-        from mobilenets_jax.data import input_pipeline  # TensorFlow: imported once past the cheap checks
-        info = input_pipeline.get_dataset_info(config.dataset)
+        info = datasets.get_dataset_info(config.dataset)
         model = config_lib.create_model(config)
         size = config_lib.image_size(config)
         expected = models.abstract_variables(model, (1, size, size, 3))
         expected = {'params': expected['params'], 'batch_stats': expected.get('batch_stats', {})}
-        check_shapes({'params': saved['params'], 'batch_stats': saved.get('batch_stats', {})}, expected,
-                     config, info.num_classes)
+        checkpoints.check_shapes({'params': saved['params'], 'batch_stats': saved.get('batch_stats', {})},
+                                 expected, config, info.num_classes)
         restore_start = time.time()
-        variables, weights = load_variables(manager, step, expected, mesh, weights, saved)
+        variables, weights = checkpoints.load_variables(manager, step, expected, mesh, weights, saved)
         restore_secs = time.time() - restore_start
     finally:
         manager.close()
 
+    from mobilenets_jax.data import input_pipeline  # TensorFlow: imported once past the cheap checks
     input_pipeline.ensure_dataset(config.dataset, data_dir=config.data_dir)
     split = split or config.eval_split or info.eval_split
     split_size = _split_size(config, split)

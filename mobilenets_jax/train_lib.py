@@ -241,6 +241,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                  setup.steps_per_epoch)
 
     manager = checkpoints.create_manager(workdir, keep=config.keep_checkpoints)
+    checkpoint_metadata = checkpoints.CheckpointMetadata.from_config(config)
     state = initial_state(setup, config, mesh)
     latest = manager.latest_step()
     if latest is not None:
@@ -288,7 +289,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     def save_final(step):
         # The periodic save may already hold this step (e.g. SIGTERM right after it); saving twice is an error.
         if manager.latest_step() != step:
-            checkpoints.save(manager, step, state, force=True)
+            checkpoints.save(manager, step, state, checkpoint_metadata, force=True)
         manager.wait_until_finished()
 
     pending, last_record = [], None
@@ -345,7 +346,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                 pending, interval_start, input_wait = [], time.time(), 0.0
 
             if step % config.checkpoint_every_steps == 0 and not last:
-                checkpoints.save(manager, step, state)
+                checkpoints.save(manager, step, state, checkpoint_metadata)
             if preemption.requested or manager.reached_preemption(step):
                 if pending:
                     check_finite(jax.device_get(pending), step)

@@ -1,9 +1,11 @@
-"""Checkpoint evaluation (mobilenets_jax.evaluation, eval.py): exact counts on any device count, partial
-restores, EMA/raw selection and the one-line errors.
+"""Checkpoint evaluation (mobilenets_jax.evaluation, eval.py) and reading (mobilenets_jax.checkpoints): exact
+counts on any device count, partial restores, the EMA record in the checkpoint metadata, EMA/raw selection
+and the one-line errors.
 
 One tiny digits run (4 steps on the 8 simulated devices of conftest.py, checkpoints at steps 2 and 4) is
 trained once per test session and shared by the xdist workers; another workdir holds a checkpoint written
-without EMA. Other device counts run eval.py in subprocesses (JAX_NUM_CPU_DEVICES=N) or use a sub-mesh.
+without EMA, and two more hold checkpoints as they were written before they carried metadata. Other device
+counts run eval.py in subprocesses (JAX_NUM_CPU_DEVICES=N) or use a sub-mesh.
 """
 import fcntl
 import json
@@ -14,10 +16,11 @@ import sys
 
 import jax
 import numpy as np
+import orbax.checkpoint as ocp
 import pytest
 
 import mobilenets_jax as mj
-from mobilenets_jax import checkpoints, evaluation, train_lib
+from mobilenets_jax import checkpoints, config_lib, evaluation, train_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DIGITS_TEST_SIZE = 360
@@ -40,20 +43,36 @@ def _config(data_dir, **overrides):
     return config
 
 
-def _prepare(root):
-    data_dir = os.path.join(root, 'tfds')
-    ema_dir, no_ema_dir = os.path.join(root, 'ema_run'), os.path.join(root, 'no_ema_run')
-    # Trained on 8 devices, EMA decay 0.99 (checkpoints at steps 2 and 4).
-    train_lib.train_and_evaluate(_config(data_dir), ema_dir)
-    # A checkpoint as training without EMA writes it: ema_params are bitwise copies of params.
-    config = _config(data_dir, ema_decay=0.0)
-    mesh = train_lib.create_mesh()
-    setup = train_lib.create_setup(config, num_train_examples=1437)
-    manager = checkpoints.create_manager(no_ema_dir)
-    checkpoints.save(manager, 1, train_lib.initial_state(setup, config, mesh), force=True)
+def _save_without_metadata(workdir, step, state):
+    """As checkpoints were written before they carried metadata: the 'state' item only."""
+    manager = checkpoints.create_manager(workdir)
+    manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state)), force=True)
     manager.wait_until_finished()
     manager.close()
-    return {'data_dir': data_dir, 'ema': ema_dir, 'no_ema': no_ema_dir}
+
+
+def _prepare(root):
+    data_dir = os.path.join(root, 'tfds')
+    dirs = {name: os.path.join(root, name) for name in ('ema', 'no_ema', 'legacy_ema', 'legacy_no_ema')}
+    # Trained on 8 devices, EMA decay 0.99 (checkpoints at steps 2 and 4).
+    config = _config(data_dir)
+    train_lib.train_and_evaluate(config, dirs['ema'])
+    mesh = train_lib.create_mesh()
+    setup = train_lib.create_setup(config, num_train_examples=1437)
+    manager = checkpoints.create_manager(dirs['ema'], read_only=True)
+    template = checkpoints.abstract_like(train_lib.initial_state(setup, config, mesh))
+    trained = checkpoints.restore(manager, 4, template)
+    manager.close()
+    _save_without_metadata(dirs['legacy_ema'], 4, trained)
+    # A checkpoint as training without EMA writes it: ema_params are bitwise copies of params.
+    config = _config(data_dir, ema_decay=0.0)
+    untrained = train_lib.initial_state(setup, config, mesh)
+    manager = checkpoints.create_manager(dirs['no_ema'])
+    checkpoints.save(manager, 1, untrained, checkpoints.CheckpointMetadata.from_config(config), force=True)
+    manager.wait_until_finished()
+    manager.close()
+    _save_without_metadata(dirs['legacy_no_ema'], 1, untrained)
+    return {'data_dir': data_dir, **dirs}
 
 
 @pytest.fixture(scope='session')
@@ -127,20 +146,70 @@ def test_same_checkpoint_twice_identical_and_ema_differs_from_raw(runs):
     assert first in logged and raw in logged and earlier in logged
 
 
-def test_restores_only_inference_weights_replicated_on_the_new_mesh(runs):
+@pytest.mark.parametrize('weights', ['raw', None])
+def test_restores_only_inference_weights_replicated_on_the_new_mesh(runs, weights):
     config = _config(runs['data_dir'])
-    model = evaluation.config_lib.create_model(config)
+    model = config_lib.create_model(config)
     expected = mj.abstract_variables(model, (1, 16, 16, 3))
     mesh = _mesh(3)   # written by 8 devices
-    manager = evaluation.open_checkpoints(runs['ema'])
+    manager = checkpoints.open_checkpoints(runs['ema'])
     live_before = len(jax.live_arrays())
-    variables, _ = evaluation.load_variables(manager, 4, dict(expected), mesh, weights='raw')
+    variables, chosen = checkpoints.load_variables(manager, 4, dict(expected), mesh, weights=weights)
     manager.close()
     leaves = jax.tree.leaves(variables)
-    assert set(variables) == {'params', 'batch_stats'}
-    # nothing but these arrays was materialised (no optimizer state, no EMA copy, no rng)
+    assert set(variables) == {'params', 'batch_stats'} and chosen == (weights or 'ema')
+    # nothing but these arrays was materialised (no optimizer state, no rng, no copy of the other weights)
     assert len(jax.live_arrays()) - live_before == len(leaves)
     assert all(x.sharding.mesh == mesh and x.sharding.spec == jax.sharding.PartitionSpec() for x in leaves)
+
+
+def test_metadata_records_whether_the_checkpoint_has_ema_weights(runs):
+    assert checkpoints.CheckpointMetadata.from_config(_config(None, ema_decay=0.0)).has_ema is False
+    assert checkpoints.CheckpointMetadata.from_config(_config(None, ema_decay=0.5)).has_ema is True
+    read = {}
+    for name, step in (('ema', 4), ('no_ema', 1), ('legacy_ema', 4)):
+        manager = checkpoints.open_checkpoints(runs[name])
+        read[name] = checkpoints.read_metadata(manager, step)
+        manager.close()
+    config = _config(runs['data_dir'])
+    # what train_and_evaluate wrote with every checkpoint
+    assert read['ema'] == checkpoints.CheckpointMetadata(
+        has_ema=True, ema_decay=config.ema_decay, model=config.model.name, alpha=config.model.alpha,
+        groups=None, dataset='digits', num_classes=10, image_size=16, normalization=config.normalization)
+    assert read['no_ema'].has_ema is False and read['no_ema'].ema_decay == 0.0
+    assert read['legacy_ema'] is None
+
+
+def test_the_metadata_not_a_comparison_of_weights_says_whether_ema_is_there(runs, tmp_path):
+    """The trained state (EMA differs from raw) saved with metadata saying "no EMA": its raw weights count."""
+    config = _config(runs['data_dir'], batch_size=48)
+    setup = train_lib.create_setup(config, num_train_examples=1437)
+    template = checkpoints.abstract_like(train_lib.initial_state(setup, config, train_lib.create_mesh()))
+    manager = checkpoints.create_manager(runs['ema'], read_only=True)
+    trained = checkpoints.restore(manager, 4, template)
+    manager.close()
+    manager = checkpoints.create_manager(str(tmp_path))
+    metadata = checkpoints.CheckpointMetadata.from_config(_config(runs['data_dir'], ema_decay=0.0))
+    checkpoints.save(manager, 4, trained, metadata, force=True)
+    manager.wait_until_finished()
+    manager.close()
+    recorded = evaluation.evaluate_checkpoint(config, str(tmp_path), mesh=_mesh(3))
+    raw = evaluation.evaluate_checkpoint(config, runs['ema'], step=4, weights='raw', mesh=_mesh(3))
+    assert recorded['weights'] == 'raw' and recorded['loss'] == raw['loss']
+    _same_metrics(recorded, raw)
+
+
+def test_checkpoints_without_metadata_still_evaluate(runs):
+    config = _config(runs['data_dir'], batch_size=48)
+    current = evaluation.evaluate_checkpoint(config, runs['ema'], step=4, mesh=_mesh(3))
+    legacy = evaluation.evaluate_checkpoint(config, runs['legacy_ema'], mesh=_mesh(3))
+    assert (legacy['step'], legacy['weights']) == (4, 'ema')   # told apart from the raw weights by comparison
+    _same_metrics(current, legacy)
+    assert legacy['loss'] == current['loss']
+    raw = evaluation.evaluate_checkpoint(config, runs['legacy_no_ema'], mesh=_mesh(3))
+    assert (raw['step'], raw['weights'], raw['num_examples']) == (1, 'raw', DIGITS_TEST_SIZE)
+    with pytest.raises(ValueError, match='no EMA weights.*--weights=raw'):
+        evaluation.evaluate_checkpoint(config, runs['legacy_no_ema'], weights='ema', mesh=_mesh(3))
 
 
 def test_checkpoint_without_ema_evaluates_raw_weights_by_default(runs, monkeypatch, caplog):
@@ -160,17 +229,17 @@ def test_shape_mismatch_names_the_parameter_and_the_config_field():
                               'stem': {'kernel': np.zeros((3, 3, 3, 8))}}}
     with pytest.raises(ValueError, match=r'params/classifier/kernel has shape \(512, 10\) in the checkpoint '
                                          r'but \(256, 10\).*config\.model\.alpha probably differs'):
-        evaluation.check_shapes(saved, other_width, config, num_classes=10)
+        checkpoints.check_shapes(saved, other_width, config, num_classes=10)
     other_classes = {'params': {'classifier': {'kernel': np.zeros((512, 100)), 'bias': np.zeros(100)},
                                 'stem': {'kernel': np.zeros((3, 3, 3, 16))}}}
     with pytest.raises(ValueError, match=r'config\.dataset probably differs: the checkpoint classifies 10 '
                                          r'classes'):
-        evaluation.check_shapes(saved, other_classes, config, num_classes=100)
+        checkpoints.check_shapes(saved, other_classes, config, num_classes=100)
     other_layers = {'params': {'classifier': saved['params']['classifier'], 'conv0': {'kernel': np.zeros(3)}}}
     with pytest.raises(ValueError, match=r"'params/conv0/kernel', which the checkpoint lacks.*"
                                          r'config\.model\.name probably differs'):
-        evaluation.check_shapes(saved, other_layers, config, num_classes=10)
-    evaluation.check_shapes(saved, saved, config, num_classes=10)
+        checkpoints.check_shapes(saved, other_layers, config, num_classes=10)
+    checkpoints.check_shapes(saved, saved, config, num_classes=10)
 
 
 # ----------------------------------------------------------------------------------------------
