@@ -28,7 +28,7 @@ import jax
 import ml_collections
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from mobilenets_jax import checkpoints, compilation_cache, config_lib, models, train_lib
+from mobilenets_jax import checkpoints, compilation_cache, config_lib, models, steps, train_lib
 from mobilenets_jax.data import datasets
 
 RESULTS_FILE = 'eval_results.jsonl'
@@ -40,7 +40,7 @@ _COMPILED: dict = {}
 
 def _compiled_eval_step(model, num_classes: int, mesh: Mesh, variables: dict, element_spec: dict):
     """The shard_map'd eval step, compiled ahead of time (so throughput excludes compilation), cached."""
-    batch_sharding = NamedSharding(mesh, P(train_lib.BATCH_AXIS))
+    batch_sharding = NamedSharding(mesh, P(steps.BATCH_AXIS))
     process_count = jax.process_count()
     batch = {key: jax.ShapeDtypeStruct((spec.shape[0] * process_count, *spec.shape[1:]),
                                        spec.dtype.as_numpy_dtype, sharding=batch_sharding)
@@ -53,7 +53,7 @@ def _compiled_eval_step(model, num_classes: int, mesh: Mesh, variables: dict, el
     if key not in _COMPILED:
         if len(_COMPILED) >= 8:
             _COMPILED.clear()
-        step = train_lib.make_eval_step(model, num_classes, mesh)
+        step = steps.make_eval_step(model, num_classes, mesh)
         _COMPILED[key] = step.lower(abstract_variables, batch).compile()
     return _COMPILED[key]
 
@@ -142,7 +142,7 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str, *, step
       {'top1', 'top5', 'loss', 'num_examples', 'step', 'weights', 'split', 'resolution', 'model', 'alpha',
        'images_per_sec', ...}, also appended as one JSON line to `<workdir>/eval_results.jsonl`.
     """
-    mesh = train_lib.create_mesh() if mesh is None else mesh
+    mesh = steps.create_mesh() if mesh is None else mesh
     num_devices = mesh.devices.size
     checkpoints.check_weights(weights)
     _check_batch_size(config, num_devices)
