@@ -6,8 +6,8 @@
     python flops.py --all                      # every model over its published grid (63 configurations)
        [--format=table|json|csv|markdown] [--per_layer] [--measure [--batch_size=N]] [--num_classes=N]
 
-Output fields and how each figure is derived: README.md, "Cost report (flops.py)"; the library is
-`mobilenets_jax.cost`.
+Output fields and how each figure is derived: docs/cost_report.md; the library is `mobilenets_jax.cost`
+(train_flops counts `mobilenets_jax.steps`' train step, the one training runs).
 """
 import os
 import sys
@@ -82,8 +82,8 @@ def _configs_and_options():
         if alphas or resolutions or groups:
             raise _UserError('--all takes no --alphas/--resolutions/--groups (it uses the published grids)')
         configs = cost.all_configs(FLAGS.num_classes, include_cifar=FLAGS.include_cifar)
-        # Tracing a training step costs ~3 CPU-s even uncompiled: 63 of them do not fit the minute --all has
-        # on 2 CPU cores, so --all counts inference only unless asked (README: "Cost report").
+        # Even uncompiled, tracing 63 training steps takes far longer than the inference programs, so --all
+        # counts inference only unless asked (docs/cost_report.md).
         options['train_cost'] = FLAGS.train_cost or 'none'
         if options['train_cost'] == 'none':
             print('note: --all leaves train_flops null; add --train_cost=lowered (about 3x slower) or '

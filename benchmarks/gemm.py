@@ -22,6 +22,7 @@ import numpy as np  # noqa: E402
 
 from benchmarks.throughput import _interleaved_rates, non_negative_seconds, print_row  # noqa: E402
 from mobilenets_jax import cli_utils  # noqa: E402
+from mobilenets_jax.cost import machine  # noqa: E402
 
 # (M, K, N) of MobileNetV1-224's pointwise layers at batch 16: blocks 1, 3/4, 5/6, 7-11, 13.
 SHAPES = ((200704, 32, 64), (50176, 128, 128), (12544, 256, 256), (3136, 512, 512), (784, 1024, 1024))
@@ -53,7 +54,7 @@ def main(argv=None):
             import torch
         except ImportError:
             pass
-    host = cli_utils.host_cpu()
+    host = machine.host_cpu()
     print(f'# {host}; JAX {jax.__version__} on {jax.default_backend()}; PyTorch {torch.__version__ if torch else "-"}; '
           f'float32; allocator: {cli_utils.preloaded_allocator() or "glibc malloc"}')
     print(f'{"M x K x N":>22s} {"jax GFLOP/s":>12s}' + (f' {"torch GFLOP/s":>14s} {"jax/torch":>10s}' if torch else ''))
@@ -69,7 +70,7 @@ def main(argv=None):
             runners['torch'] = lambda: torch.mm(a_torch, b_torch)
         # _interleaved_rates reports batch_size / seconds: with 2·M·K·N / 1e9 as the "batch", GFLOP/s.
         row = dict(m=m, k=k, n=n, host_cpu=host)
-        with cli_utils.record_steal(row):
+        with machine.record_steal(row):
             rates = row['gflops'] = _interleaved_rates(runners, 2 * m * k * n / 1e9, warmup=3,
                                                        repeats=args.repeats, settle_s=args.settle_s)
         line = f'{f"{m} x {k} x {n}":>22s} {rates["jax"]:12.0f}'

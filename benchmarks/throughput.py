@@ -2,8 +2,9 @@
 
     python benchmarks/throughput.py --models=mobilenet_v1,cifar_mobilenet_v1 --batch_size=32 --image_size=224
 
-For each model and each `--impls` entry: the compile time of the JAX train step (forward, backward,
-TF-RMSprop from `mobilenets_jax.optim.create_optimizer`, BatchNorm statistics update), then train and
+For each model and each `--impls` entry: the compile time of the JAX train step (`mobilenets_jax.steps`,
+the step training runs, on one device: forward, backward, TF-RMSprop from
+`mobilenets_jax.optim.create_optimizer`, BatchNorm statistics update, top-1/top-5; no EMA), then train and
 inference images/sec as the median of `--repeats` synchronized timings after `--warmup` calls (each timed
 call preceded by at least `--settle` untimed ones and `--settle_s` seconds of them, see
 `_interleaved_rates`). When
@@ -11,7 +12,7 @@ call preceded by at least `--settle` untimed ones and `--settle_s` seconds of th
 parameter count, checked) with `torch.optim.RMSprop(alpha=0.9, momentum=0.9, eps=1.0)` is timed in the
 same run, NCHW and/or channels-last. Inputs are synthetic arrays already in memory: these numbers
 exclude the input pipeline. Prints a table and one JSON line per model (prefix `JSON `); the header
-and every JSON line name the malloc in use (on CPU, preload tcmalloc: README, "Performance"). Each row
+and every JSON line name the malloc in use (on CPU, preload tcmalloc: docs/performance.md). Each row
 also gives the share of CPU time the hypervisor stole while it was timed (Linux's /proc/stat), with a
 warning above 3%: on a shared VM such a row is not a measurement of the code.
 """
@@ -31,21 +32,21 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 import mobilenets_jax as mj  # noqa: E402
-from mobilenets_jax import cli_utils, compilation_cache, cost, ops, optim  # noqa: E402
+from mobilenets_jax import cli_utils, compilation_cache, cost, ops, optim, steps  # noqa: E402
+from mobilenets_jax.cost import machine  # noqa: E402
 
 
-def _interleaved_rates(runners, batch_size, warmup, repeats, settle=1, settle_s=0.0):
+def _interleaved_rates(runners, batch_size, warmup, repeats, settle=1, settle_s=0.0, clock=time.perf_counter):
     """Median images/sec of each runner, timed round-robin so that load from other processes on the
     machine hits every contender alike (sequential blocks would turn load swings into fake ratios).
 
     Each turn first makes untimed "settle" calls: at least `settle` of them, and more until `settle_s`
     seconds have passed. The first calls after another framework's runs pay for that framework's
     still-spinning worker threads (libgomp, PyTorch's OpenMP runtime, spin-waits after each parallel
-    region by default) and for the caches it evicted. In one measurement (tcmalloc, cifar_mobilenet_v2
-    batch-64 inference), JAX ran at 4,780 img/s on the first call of a turn and 6,736 on the next ones,
-    PyTorch at 4,277 and 5,487. One settle call is not enough for calls of a few milliseconds: cifar_mobilenet_v2
-    batch-16 inference (3.7 ms a call) ran at 2,778 img/s after one settle call and at 4,277 after
-    0.05 s of them, its rate when timed alone (4,248); PyTorch's changed less (3,146 → 3,274; alone 3,115).
+    region by default) and for the caches it evicted; for calls of a few milliseconds one settle call
+    is not enough (docs/performance.md, "Method", has the measurements).
+
+    `clock` returns seconds (tests pass a counter instead of the wall clock).
     """
     for fn in runners.values():
         for _ in range(warmup):
@@ -53,14 +54,14 @@ def _interleaved_rates(runners, batch_size, warmup, repeats, settle=1, settle_s=
     times = {key: [] for key in runners}
     for _ in range(repeats):
         for key, fn in runners.items():
-            settle_end = time.perf_counter() + settle_s
+            settle_end = clock() + settle_s
             for _ in range(settle):
                 fn()
-            while time.perf_counter() < settle_end:
+            while clock() < settle_end:
                 fn()
-            start = time.perf_counter()
+            start = clock()
             fn()
-            times[key].append(time.perf_counter() - start)
+            times[key].append(clock() - start)
     return {key: batch_size / statistics.median(t) for key, t in times.items()}
 
 
@@ -70,7 +71,7 @@ def print_row(line, row, what):
     if steal is not None:
         line += f'  steal {100 * steal:.0f}%'
     print(line, flush=True)
-    warning = cli_utils.steal_warning(what, steal)
+    warning = machine.steal_warning(what, steal)
     if warning:
         print(f'# {warning}', flush=True)
     print('JSON ' + json.dumps(row), flush=True)
@@ -98,33 +99,33 @@ def jax_benchmark(name, impl, args, num_classes, groups, size, compile_only=Fals
     shape = (args.batch_size, size, size, 3)
     variables = mj.init_variables(model, seed=0, input_shape=shape)
     tx = optim.create_optimizer(learning_rate_fn=0.01, weight_decay=4e-5)
-    params, batch_stats = variables['params'], variables['batch_stats']
-    opt_state = tx.init(params)
     rng = np.random.default_rng(0)
-    images = jnp.asarray(rng.uniform(-1, 1, size=shape), jnp.float32)
-    labels = jnp.asarray(rng.integers(0, num_classes, size=args.batch_size), jnp.int32)
-    rng_data = jax.random.key_data(jax.random.key(1))
-    # The cost report's step (`cost.make_train_step`), with PyTorch's loss: cross-entropy, no label smoothing.
-    train_step = cost.make_train_step(model, tx, num_classes, label_smoothing=0.0)
+    batch = {'image': jnp.asarray(rng.uniform(-1, 1, size=shape), jnp.float32),
+             'label': jnp.asarray(rng.integers(0, num_classes, size=args.batch_size), jnp.int32)}
+    # The step train_lib trains with, on one device, with PyTorch's loss and update: cross-entropy without
+    # label smoothing, no weight EMA. Each leaf gets its own buffer: the step donates the state.
+    train_step = steps.make_train_step(model, tx, num_classes, steps.create_mesh(jax.devices()[:1]),
+                                       label_smoothing=0.0, ema_decay=0.0)
+    state = jax.tree.map(jnp.array, steps.state_from(variables, tx.init(variables['params']),
+                                                      jax.random.key_data(jax.random.key(1))))
 
     start = time.perf_counter()
     with compilation_cache.CompileEvents() as events:
-        train = jax.jit(train_step, donate_argnums=(0, 1, 2)).lower(
-            params, batch_stats, opt_state, images, labels, rng_data).compile()
+        train = train_step.lower(state, batch).compile()
     compile_s = time.perf_counter() - start
     if compile_only:
         return dict(compile_s=compile_s, from_cache=events.cache_hits > 0)
-    infer = jax.jit(lambda v, x: model.apply(v, x, train=False)).lower(variables, images).compile()
+    infer = jax.jit(lambda v, x: model.apply(v, x, train=False)).lower(variables, batch['image']).compile()
     n_params = cost.count_variables(variables)['params']
-
-    state = [params, batch_stats, opt_state]
+    current = [state]
 
     def run_train():
-        state[0], state[1], state[2], loss = train(state[0], state[1], state[2], images, labels, rng_data)
-        jax.block_until_ready(loss)
+        current[0], metrics = train(current[0], batch)
+        jax.block_until_ready(metrics)
 
     def run_infer():
-        jax.block_until_ready(infer({'params': state[0], 'batch_stats': state[1]}, images))
+        jax.block_until_ready(infer({'params': current[0]['params'], 'batch_stats': current[0]['batch_stats']},
+                                    batch['image']))
 
     return dict(train=run_train, infer=run_infer, compile_s=compile_s, params=n_params)
 
@@ -162,7 +163,7 @@ def compile_times(args):
     one JSON line per model. With `--compilation_cache_dir`, a second run shows the time to load each step
     from JAX's persistent cache instead (marked '(cache)', `from_cache` in the JSON)."""
     impls = [i for i in args.impls.split(',') if i]
-    host = cli_utils.host_cpu()
+    host = machine.host_cpu()
     print(f'# {host}; JAX {jax.__version__} on {jax.default_backend()}; train-step compile seconds; '
           f'batch {args.batch_size}; '
           f'allocator: {cli_utils.preloaded_allocator() or "glibc malloc"}')
@@ -223,7 +224,7 @@ def main(argv=None):
     impls = [i for i in args.impls.split(',') if i]
     auto = ops.resolve_depthwise_impl('auto')
     allocator = cli_utils.preloaded_allocator() or 'glibc malloc'
-    host = cli_utils.host_cpu()
+    host = machine.host_cpu()
     print(f'# {host}; JAX {jax.__version__} on {jax.default_backend()} ({jax.devices()[0].device_kind}); '
           f'auto -> {auto}; PyTorch {torch_version or "not installed"}; batch {args.batch_size}; {args.dtype}; '
           f'allocator: {allocator}')
@@ -247,7 +248,7 @@ def main(argv=None):
                 result['torch'][layout] = torch_benchmark(name, args, num_classes, groups, layout == 'channels_last', size)
                 assert result['torch'][layout]['params'] == next(iter(result['jax'].values()))['params'], \
                     'PyTorch mirror has a different parameter count'
-        with cli_utils.record_steal(result):
+        with machine.record_steal(result):
             for mode in ('train', 'infer'):
                 runners = {(fw, key): r[mode] for fw in ('jax', 'torch') for key, r in result[fw].items()}
                 rates = _interleaved_rates(runners, args.batch_size, args.warmup, args.repeats, args.settle,

@@ -1,6 +1,5 @@
 """The throughput benchmark runs end to end on a tiny configuration (without PyTorch, which CI lacks)."""
 import json
-import time
 
 import jax
 import numpy as np
@@ -8,11 +7,12 @@ import pytest
 
 import mobilenets_jax as mj
 from benchmarks import throughput
-from mobilenets_jax import cli_utils, cost
+from mobilenets_jax import cost
+from mobilenets_jax.cost import machine
 
 
 def test_throughput_reports_rates_and_compile_time(capsys, monkeypatch):
-    monkeypatch.setattr(cli_utils, 'host_cpu', lambda: 'Test CPU (family 1, model 2), 2 CPUs')
+    monkeypatch.setattr(machine, 'host_cpu', lambda: 'Test CPU (family 1, model 2), 2 CPUs')
     rows = throughput.main(['--models=cifar_mobilenet_v2', '--alpha=0.5', '--batch_size=8', '--image_size=16',
                             '--impls=shifted', '--repeats=1', '--warmup=1', '--no_torch'])
     (row,) = rows
@@ -55,41 +55,52 @@ def test_rows_timed_under_steal_carry_a_warning(capsys):
     assert lines[5] == 'unknown' and lines[6] == 'JSON {"steal": null}' and len(lines) == 7
 
 
+def _fake_clock():
+    """A clock that only the runners below move forward: (clock, advance)."""
+    now = [0.0]
+
+    def advance(seconds):
+        now[0] += seconds
+    return (lambda: now[0]), advance
+
+
 def test_contenders_are_timed_round_robin():
     """Warm-up first, then each contender in turn: `settle` untimed calls, then one timed call, so load
     swings hit all of them alike; the rate is batch size / median seconds of the timed calls only."""
+    clock, advance = _fake_clock()
     calls = []
 
     def runner(name, seconds):
-        state = {'calls': 0}
+        count = [0]
 
         def run():
             calls.append(name)
-            state['calls'] += 1
-            # With warmup=1 and settle=1 a runner's even-numbered calls are its settle calls. They are
-            # made 10x slower here, and the rates must not see them.
-            time.sleep(seconds * (10 if state['calls'] % 2 == 0 else 1))
+            count[0] += 1
+            # With warmup=1 and settle=1 a runner's even-numbered calls are its settle calls. They take
+            # 10x longer here, and the rates must not see them.
+            advance(seconds * (10 if count[0] % 2 == 0 else 1))
         return run
 
-    rates = throughput._interleaved_rates({'fast': runner('fast', 0.002), 'slow': runner('slow', 0.008)},
-                                          batch_size=4, warmup=1, repeats=3, settle=1)
+    rates = throughput._interleaved_rates({'fast': runner('fast', 0.25), 'slow': runner('slow', 1.0)},
+                                          batch_size=4, warmup=1, repeats=3, settle=1, clock=clock)
     assert calls == ['fast', 'slow'] + ['fast', 'fast', 'slow', 'slow'] * 3
-    assert 4 / 0.008 / 3 < rates['slow'] <= 4 / 0.008 < rates['fast'] <= 4 / 0.002
+    assert rates == {'fast': 4 / 0.25, 'slow': 4 / 1.0}
     # Without settle calls every call is timed.
     calls.clear()
-    throughput._interleaved_rates({'fast': runner('fast', 0.002)}, batch_size=4, warmup=0, repeats=2, settle=0)
-    assert calls == ['fast', 'fast']
-    # A settle time adds untimed calls until it has passed: 0.05 s of calls of at least 2 ms is at most
-    # 25 settle calls and the timed one per turn (more than 10 unless sleep overshoots 2.5x).
+    rates = throughput._interleaved_rates({'fast': runner('fast', 0.25)}, batch_size=4, warmup=0, repeats=2,
+                                          settle=0, clock=clock)
+    assert calls == ['fast', 'fast'] and rates == {'fast': 4 / ((0.25 + 2.5) / 2)}   # the median of both
+    # A settle time adds untimed calls until it has passed: 1 s of calls of 1/16 s is 16 settle calls, then
+    # the timed one, per turn.
     calls.clear()
-    throughput._interleaved_rates({'steady': lambda: (calls.append('steady'), time.sleep(0.002))}, batch_size=4,
-                                  warmup=0, repeats=2, settle=1, settle_s=0.05)
-    assert 2 * 10 < len(calls) <= 2 * 26
+    rates = throughput._interleaved_rates({'steady': lambda: (calls.append('steady'), advance(1 / 16))},
+                                          batch_size=4, warmup=0, repeats=2, settle=1, settle_s=1.0, clock=clock)
+    assert len(calls) == 2 * (16 + 1) and rates == {'steady': 4 * 16}
 
 
 def test_gemm_benchmark_reports_gflops(monkeypatch):
     from benchmarks import gemm
-    monkeypatch.setattr(cli_utils, 'host_cpu', lambda: 'Test CPU, 2 CPUs')
+    monkeypatch.setattr(machine, 'host_cpu', lambda: 'Test CPU, 2 CPUs')
     (row,) = gemm.main(['--shapes=64,32,16', '--repeats=2', '--no_torch'])
     assert (row['m'], row['k'], row['n']) == (64, 32, 16)
     assert set(row['gflops']) == {'jax'} and row['gflops']['jax'] > 0 and 'ratio' not in row

@@ -52,50 +52,6 @@ def test_start_rejects_stray_arguments_before_touching_devices():
         cli_utils.start(['train.py', 'extra', '--oops'])
 
 
-def test_host_cpu_names_the_model_and_the_cpu_count(monkeypatch):
-    """Benchmarks name the host: the first processor's model name, family and model from /proc/cpuinfo,
-    and the number of CPUs this process may use."""
-    monkeypatch.setattr(os, 'sched_getaffinity', lambda pid: {0, 1, 2}, raising=False)
-    cpuinfo = ('processor\t: 0\nvendor_id\t: AuthenticAMD\ncpu family\t: 25\nmodel\t\t: 17\n'
-               'model name\t: AMD EPYC\nflags\t\t: fpu avx512f\n\n'
-               'processor\t: 1\nvendor_id\t: AuthenticAMD\ncpu family\t: 25\nmodel\t\t: 17\n'
-               'model name\t: AMD EPYC\nflags\t\t: fpu avx512f\n')
-    assert cli_utils.host_cpu(cpuinfo) == 'AMD EPYC (family 25, model 17), 3 CPUs'
-    # Without family and model (ARM kernels): the name alone; without a name, Python's own guess.
-    assert cli_utils.host_cpu('processor\t: 0\nmodel name\t: Neoverse-V2\n') == 'Neoverse-V2, 3 CPUs'
-    monkeypatch.setattr(cli_utils.platform, 'processor', lambda: 'armv8')
-    assert cli_utils.host_cpu('processor\t: 0\nBogoMIPS\t: 50.00\n') == 'armv8, 3 CPUs'
-    monkeypatch.undo()
-    assert cli_utils.host_cpu().endswith(' CPUs')       # this machine's own /proc/cpuinfo
-
-
-def test_steal_is_read_from_proc_stat(tmp_path):
-    """The hypervisor's share (steal) is the 8th number of /proc/stat's 'cpu' line over the first 8."""
-    stat = tmp_path / 'stat'
-    stat.write_text('cpu  100 0 50 800 10 0 0 40 7 0\ncpu0 50 0 25 400 5 0 0 20 0 0\n')
-    before = cli_utils.cpu_times(str(stat))
-    assert before == (40, 1000)
-    stat.write_text('cpu  190 0 60 1000 10 0 0 140 7 0\n')
-    after = cli_utils.cpu_times(str(stat))
-    assert cli_utils.steal_fraction(before, after) == pytest.approx(100 / 400)
-    assert cli_utils.steal_fraction(before, None) is None and cli_utils.steal_fraction(after, before) is None
-    assert cli_utils.cpu_times(str(tmp_path / 'missing')) is None
-    stat.write_text('intr 1 2 3\n')
-    assert cli_utils.cpu_times(str(stat)) is None
-    # The context manager reads the file around its block and sets the share when the block ends.
-    stat.write_text('cpu  100 0 50 800 10 0 0 40 7 0\n')
-    record = {}
-    with cli_utils.record_steal(record, str(stat)) as same:
-        assert same is record and 'steal' not in record
-        stat.write_text('cpu  130 0 50 900 10 0 0 60 7 0\n')
-    assert record['steal'] == pytest.approx(20 / 150)
-    with cli_utils.record_steal(record):         # the real /proc/stat, or None off Linux
-        pass
-    assert record['steal'] is None or 0 <= record['steal'] <= 1
-    assert cli_utils.steal_warning('x', 0.03) is None and cli_utils.steal_warning('x', None) is None
-    assert cli_utils.steal_warning('x', 0.031).startswith('warning: the hypervisor took 3% ')
-
-
 def test_compilation_cache_dir_resolution(tmp_path):
     """Flag, then $JAX_COMPILATION_CACHE_DIR, then the default; an empty flag turns the cache off."""
     home = os.path.expanduser('~')

@@ -14,10 +14,13 @@ import sys
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import pytest
 
 import mobilenets_jax as mj
-from mobilenets_jax import cost, published
+from mobilenets_jax import config_lib, cost, published, train_lib
+from mobilenets_jax.cost import machine
+from mobilenets_jax.data import datasets
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MACS_TOLERANCE = 0.03
@@ -148,7 +151,7 @@ def test_normalize_cost_across_versions():
             raise NotImplementedError('not on this backend')
 
     with pytest.warns(RuntimeWarning):
-        assert cost._stage_cost(NoCostModel(), 'test program')['flops'] is None
+        assert cost.xla.stage_cost(NoCostModel(), 'test program')['flops'] is None
 
 
 def test_compiled_cost_counts_a_matmul():
@@ -220,6 +223,39 @@ def test_formats():
     assert markdown[0].startswith('| model') and markdown[1].startswith('|:---') and len(markdown) == 4
 
 
+def _tiny_training_config(**overrides):
+    """The papers' recipe (RMSprop, L2, staircase decay, label smoothing, EMA) on a tiny CIFAR model."""
+    config = config_lib.default_config()
+    config.model.name, config.model.alpha = 'cifar_mobilenet_v1', 0.25
+    config.dataset, config.rho, config.batch_size = 'cifar10', 0.5, 8   # 16x16 images
+    config.update(overrides)
+    return config
+
+
+def _trained_program_text(config):
+    """The lowered text of the step train_lib trains `config` with on one device."""
+    mesh = train_lib.create_mesh(jax.devices()[:1])
+    setup = train_lib.create_setup(config, num_train_examples=datasets.published_split_size(config.dataset, 'train'))
+    state = train_lib.initial_state(setup, config, mesh)
+    batch = train_lib.shard_batch({'image': np.zeros((8, 16, 16, 3), np.float32),
+                                   'label': np.zeros((8,), np.int32)}, mesh)
+    return train_lib.make_train_step(setup, config, mesh).lower(state, batch).as_text()
+
+
+def test_cost_counts_the_step_that_trains():
+    """What `train_flops` counts for a training config is the program train_lib compiles for one device:
+    the same lowered HLO (same step function, optimizer, state and placement). A cost report whose step
+    drifted from training's (another optimizer, no EMA, no label smoothing) differs, as the second
+    half shows."""
+    config = _tiny_training_config()
+    point, options = cost.from_training_config(config)
+    counted = cost.train_program(point, batch_size=8, **options).as_text()
+    assert counted == _trained_program_text(config)
+    without_ema = cost.train_program(point, batch_size=8, model_kwargs=options['model_kwargs'],
+                                     training_config=_tiny_training_config(ema_decay=0.0)).as_text()
+    assert without_ema != counted
+
+
 def test_measured_records_carry_rates_and_steal():
     record = cost.analyze('cifar_mobilenet_v2', 0.25, resolution=16, train_cost='lowered', measure=True,
                           batch_size=2, measure_runs=1)
@@ -234,6 +270,50 @@ def test_measured_records_carry_rates_and_steal():
     assert 'warning' not in cost.format_records([calm], 'table')
     rows = list(csv.reader(io.StringIO(cost.format_records([calm, stolen], 'csv'))))
     assert rows[0][-1] == 'steal' and rows[2][-1] == '0.25'
+
+
+def test_host_cpu_names_the_model_and_the_cpu_count(monkeypatch):
+    """Benchmarks name the host: the first processor's model name, family and model from /proc/cpuinfo,
+    and the number of CPUs this process may use."""
+    monkeypatch.setattr(os, 'sched_getaffinity', lambda pid: {0, 1, 2}, raising=False)
+    cpuinfo = ('processor\t: 0\nvendor_id\t: AuthenticAMD\ncpu family\t: 25\nmodel\t\t: 17\n'
+               'model name\t: AMD EPYC\nflags\t\t: fpu avx512f\n\n'
+               'processor\t: 1\nvendor_id\t: AuthenticAMD\ncpu family\t: 25\nmodel\t\t: 17\n'
+               'model name\t: AMD EPYC\nflags\t\t: fpu avx512f\n')
+    assert machine.host_cpu(cpuinfo) == 'AMD EPYC (family 25, model 17), 3 CPUs'
+    # Without family and model (ARM kernels): the name alone; without a name, Python's own guess.
+    assert machine.host_cpu('processor\t: 0\nmodel name\t: Neoverse-V2\n') == 'Neoverse-V2, 3 CPUs'
+    monkeypatch.setattr(machine.platform, 'processor', lambda: 'armv8')
+    assert machine.host_cpu('processor\t: 0\nBogoMIPS\t: 50.00\n') == 'armv8, 3 CPUs'
+    monkeypatch.undo()
+    assert machine.host_cpu().endswith(' CPUs')       # this machine's own /proc/cpuinfo
+
+
+def test_steal_is_read_from_proc_stat(tmp_path):
+    """The hypervisor's share (steal) is the 8th number of /proc/stat's 'cpu' line over the first 8."""
+    stat = tmp_path / 'stat'
+    stat.write_text('cpu  100 0 50 800 10 0 0 40 7 0\ncpu0 50 0 25 400 5 0 0 20 0 0\n')
+    before = machine.cpu_times(str(stat))
+    assert before == (40, 1000)
+    stat.write_text('cpu  190 0 60 1000 10 0 0 140 7 0\n')
+    after = machine.cpu_times(str(stat))
+    assert machine.steal_fraction(before, after) == pytest.approx(100 / 400)
+    assert machine.steal_fraction(before, None) is None and machine.steal_fraction(after, before) is None
+    assert machine.cpu_times(str(tmp_path / 'missing')) is None
+    stat.write_text('intr 1 2 3\n')
+    assert machine.cpu_times(str(stat)) is None
+    # The context manager reads the file around its block and sets the share when the block ends.
+    stat.write_text('cpu  100 0 50 800 10 0 0 40 7 0\n')
+    record = {}
+    with machine.record_steal(record, str(stat)) as same:
+        assert same is record and 'steal' not in record
+        stat.write_text('cpu  130 0 50 900 10 0 0 60 7 0\n')
+    assert record['steal'] == pytest.approx(20 / 150)
+    with machine.record_steal(record):         # the real /proc/stat, or None off Linux
+        pass
+    assert record['steal'] is None or 0 <= record['steal'] <= 1
+    assert machine.steal_warning('x', 0.03) is None and machine.steal_warning('x', None) is None
+    assert machine.steal_warning('x', 0.031).startswith('warning: the hypervisor took 3% ')
 
 
 def _flops_cli(*args, devices=8, check=True):
