@@ -82,36 +82,22 @@ def conv_padding(kernel_size: int, padding_style: str):
     raise ValueError(f'unknown padding_style {padding_style!r}; allowed: {list(PADDING_STYLES)}')
 
 
-class _ConvKernel(nn.Module):
-    """The parameters of a `nn.Conv` (same names, shapes and initializers), applied by `ops.conv2d`.
+class _ConvParams(nn.Module):
+    """The parameters `nn.Conv(name='conv')` would create (same names, shapes, initializers), unapplied.
 
-    Declaring `kernel` (k, k, cin/groups, cout) and `bias` here keeps the parameter tree
-    `<name>/conv/{kernel,bias}` that `nn.Conv(name='conv')` would create (and its initial values),
-    so checkpoints and parameter counts do not depend on how the convolution is computed.
+    Declaring them in a child named 'conv' keeps the parameter tree `<name>/conv/{kernel,bias}`, so
+    checkpoints and parameter counts do not depend on how `Conv2D` computes the convolution.
     """
-    features: int
-    kernel_size: int = 1
-    strides: int = 1
-    groups: int = 1
-    use_bias: bool = False
-    padding: Any = 'SAME'
-    dtype: Dtype = jnp.float32
-    param_dtype: Dtype = jnp.float32
+    kernel_shape: tuple
+    use_bias: bool
+    param_dtype: Dtype
 
     @nn.compact
-    def __call__(self, x):
-        in_channels = x.shape[-1]
-        if in_channels % self.groups or self.features % self.groups:
-            raise ValueError(f'channels ({in_channels} in, {self.features} out) must be divisible by '
-                             f'groups={self.groups}')
-        k = self.kernel_size
-        kernel = self.param('kernel', _CONV_INIT, (k, k, in_channels // self.groups, self.features),
-                            self.param_dtype)
-        bias = (self.param('bias', nn.initializers.zeros, (self.features,), self.param_dtype)
+    def __call__(self):
+        kernel = self.param('kernel', _CONV_INIT, self.kernel_shape, self.param_dtype)
+        bias = (self.param('bias', nn.initializers.zeros, self.kernel_shape[-1:], self.param_dtype)
                 if self.use_bias else None)
-        x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
-        y = ops.conv2d(x, kernel, self.strides, self.padding, self.groups)
-        return y if bias is None else y + bias
+        return kernel, bias
 
 
 class Conv2D(nn.Module):
@@ -133,9 +119,16 @@ class Conv2D(nn.Module):
 
     @nn.compact
     def __call__(self, x):
-        return _ConvKernel(self.features, self.kernel_size, self.strides, self.groups, self.use_bias,
-                           conv_padding(self.kernel_size, self.padding_style), self.dtype, self.param_dtype,
-                           name='conv')(x)
+        in_channels = x.shape[-1]
+        if in_channels % self.groups or self.features % self.groups:
+            raise ValueError(f'channels ({in_channels} in, {self.features} out) must be divisible by '
+                             f'groups={self.groups}')
+        k = self.kernel_size
+        kernel, bias = _ConvParams((k, k, in_channels // self.groups, self.features), self.use_bias,
+                                   self.param_dtype, name='conv')()
+        x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
+        y = ops.conv2d(x, kernel, self.strides, conv_padding(k, self.padding_style), self.groups)
+        return y if bias is None else y + bias
 
 
 class DepthwiseConv2D(nn.Module):
