@@ -7,7 +7,6 @@ Multi-host (TPU VM pods, multi-node GPU): run the same command on every host; ad
 --coordinator_address=HOST:PORT --num_processes=N --process_id=I where the platform does not
 provide them (TPU VMs do).
 """
-import sys
 
 from absl import app, flags, logging
 from ml_collections import config_flags

@@ -2,7 +2,6 @@
 
     python benchmarks/model_table.py
 """
-import jax, jax.numpy as jnp
 import mobilenets_jax as mj
 from mobilenets_jax import cost, published
 rows = ['| model | α (width) | params (α=1) | mult-adds at 224 (α=1) | mult-adds at 32 (α=1) | paper / reference |', '|---|---|---|---|---|---|']

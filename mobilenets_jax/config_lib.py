@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import ml_collections
 from ml_collections.config_dict import placeholder
 
+from mobilenets_jax import optim
 from mobilenets_jax.data import datasets
 from mobilenets_jax.models import registry
 
@@ -26,6 +27,7 @@ def default_config() -> ml_collections.ConfigDict:
     config.model.dropout_rate = 1e-3
     config.model.padding_style = 'same'  # TensorFlow SAME; 'symmetric' for PyTorch-trained weights
     config.model.bn_momentum = placeholder(float)  # None: the family's TensorFlow default (0.99; V3 0.999)
+    config.model.bn_epsilon = placeholder(float)   # None: the family's default (1e-3, TensorFlow's)
     config.model.depthwise_impl = 'auto'  # shifted taps on CPU, XLA's grouped conv on GPU/TPU
     config.model.options = ml_collections.ConfigDict()  # family options, e.g. activation='relu6' for V1
 
@@ -42,17 +44,25 @@ def default_config() -> ml_collections.ConfigDict:
     config.num_train_steps = -1          # > 0 overrides num_epochs
     config.steps_per_eval = -1           # -1: the whole split
 
-    config.optimizer = 'rmsprop'         # TensorFlow-form RMSprop (decay 0.9, momentum 0.9, eps 1.0)
-    config.rmsprop_decay = 0.9
-    config.momentum = 0.9
-    config.epsilon = 1.0
+    config.optimizer = 'rmsprop'         # 'rmsprop' | 'adam' | 'adamw' | 'sgd'
+    config.rmsprop_decay = 0.9           # RMSprop: ms = decay * ms + (1 - decay) * g², eps inside the sqrt
+    config.rmsprop_initial_scale = 1.0   # ms starts here: 1.0 TF1 RMSPropOptimizer, 0.0 Keras RMSprop
+    config.momentum = 0.9                # RMSprop and SGD momentum
+    config.nesterov = True               # SGD only: Nesterov momentum
+    config.epsilon = 1.0                 # RMSprop epsilon
+    config.adam_epsilon = 1e-8           # Adam/AdamW epsilon (outside the sqrt, optax form)
     config.learning_rate = 0.04125       # base rate at batch 256 (0.165 at 1024) ...
     config.scale_learning_rate = True    # ... scaled by batch_size / 256
-    config.warmup_epochs = 5.0
-    config.schedule = 'exponential'      # 'exponential' (staircase) | 'cosine' | 'constant'
+    config.warmup_epochs = 5.0           # linear warmup from 0
+    config.warmup_style = 'offset'       # 'offset': the decay starts when the warmup ends; 'absolute': the
+    #                                      schedule counts from step 0 and the warmup ramps to its value there
+    config.schedule = 'exponential'      # 'exponential' (staircase) | 'cosine' | 'linear' (to 0) | 'constant'
     config.lr_decay_rate = 0.94
     config.lr_decay_epochs = 2.5
-    config.weight_decay = 4e-5           # coupled L2 on conv/dense kernels (not depthwise, BN, biases)
+    config.lr_floor_factor = 0.0         # the rate never falls below this fraction of the base rate
+    config.weight_decay = 4e-5           # coupled L2 (wd·w added to the gradient) on conv/dense kernels ...
+    config.weight_decay_depthwise = False  # ... and on depthwise kernels too when True (never BN, biases)
+    config.decoupled_weight_decay = 0.0  # 'adamw' only: w -= lr·decay·w on every parameter but BatchNorm's
     config.grad_clip_norm = 0.0          # 0: off
     config.label_smoothing = 0.1
     config.ema_decay = 0.9999            # 0: no EMA (evaluation uses the raw weights)
@@ -67,6 +77,56 @@ def default_config() -> ml_collections.ConfigDict:
     config.keep_checkpoints = 3
     config.early_stopping_patience = 0   # > 0: stop after that many evaluations without improvement
     return config
+
+
+def check_batch_size(config: ml_collections.ConfigDict, num_devices: int) -> None:
+    """config.batch_size: a positive integer that splits evenly over the devices."""
+    batch_size = config.batch_size
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f'config.batch_size={batch_size!r}: must be a positive integer')
+    if batch_size % num_devices:
+        raise ValueError(f'config.batch_size={batch_size} is not divisible by the {num_devices} devices; '
+                         f'use a multiple of {num_devices} (e.g. --config.batch_size='
+                         f'{max(num_devices, batch_size // num_devices * num_devices)})')
+
+
+def _check_choice(config: ml_collections.ConfigDict, field: str, allowed: tuple) -> None:
+    if config[field] not in allowed:
+        raise ValueError(f'config.{field}={config[field]!r}; allowed: {", ".join(allowed)}')
+
+
+def validate_config(config: ml_collections.ConfigDict, num_devices: int) -> None:
+    """Every check of a training config, raising ValueError naming the field; runs before anything compiles."""
+    try:
+        datasets.get_dataset_info(config.dataset)
+    except ValueError as error:
+        raise ValueError(f'config.dataset: {error}') from None
+    create_model(config)                   # unknown model, bad alpha/groups/BatchNorm fields, too small rho
+    check_batch_size(config, num_devices)
+    if config.num_train_steps <= 0 and not config.num_epochs > 0:
+        raise ValueError(f'config.num_epochs={config.num_epochs!r}: must be > 0 (or set config.num_train_steps)')
+    _check_choice(config, 'optimizer', optim.OPTIMIZERS)
+    _check_choice(config, 'schedule', optim.SCHEDULES)
+    _check_choice(config, 'warmup_style', optim.WARMUP_STYLES)
+    if not 0.0 <= config.ema_decay < 1.0:
+        raise ValueError(f'config.ema_decay={config.ema_decay!r}: must be in [0, 1) (0 disables EMA)')
+    if not 0.0 <= config.label_smoothing < 1.0:
+        raise ValueError(f'config.label_smoothing={config.label_smoothing!r}: must be in [0, 1)')
+    if config.learning_rate <= 0:
+        raise ValueError(f'config.learning_rate={config.learning_rate!r}: must be > 0')
+    if not 0.0 <= config.lr_floor_factor < 1.0:
+        raise ValueError(f'config.lr_floor_factor={config.lr_floor_factor!r}: must be in [0, 1)')
+    for field in ('weight_decay', 'decoupled_weight_decay', 'rmsprop_initial_scale', 'warmup_epochs'):
+        if config[field] < 0:
+            raise ValueError(f'config.{field}={config[field]!r}: must be >= 0')
+    if config.decoupled_weight_decay and config.optimizer != 'adamw':
+        raise ValueError(f'config.decoupled_weight_decay={config.decoupled_weight_decay!r} needs '
+                         f'config.optimizer=adamw (it is {config.optimizer!r}); use config.weight_decay for L2')
+    for field in ('log_every_steps', 'checkpoint_every_steps', 'keep_checkpoints'):
+        if config[field] < 1:
+            raise ValueError(f'config.{field}={config[field]!r}: must be >= 1')
+    if not config.eval_every_epochs > 0:
+        raise ValueError(f'config.eval_every_epochs={config.eval_every_epochs!r}: must be > 0')
 
 
 def image_size(config: ml_collections.ConfigDict) -> int:
@@ -86,7 +146,8 @@ def model_kwargs(config: ml_collections.ConfigDict, num_classes: int) -> dict:
     return dict(
         num_classes=num_classes, alpha=model.alpha, groups=model.get('groups'),
         dropout_rate=model.get('dropout_rate'), padding_style=model.get('padding_style', 'same'),
-        depthwise_impl=model.get('depthwise_impl', 'auto'), bn_momentum=model.get('bn_momentum'), dtype=dtype,
+        depthwise_impl=model.get('depthwise_impl', 'auto'), bn_momentum=model.get('bn_momentum'),
+        bn_epsilon=model.get('bn_epsilon'), dtype=dtype,
         **options)
 
 

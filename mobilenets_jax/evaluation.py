@@ -91,16 +91,6 @@ def _one_in_flight(step_fn):
     return run
 
 
-def _check_batch_size(config: ml_collections.ConfigDict, num_devices: int) -> None:
-    batch_size = config.batch_size
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f'config.batch_size={batch_size!r}: must be a positive integer')
-    if batch_size % num_devices:
-        raise ValueError(f'config.batch_size={batch_size} is not divisible by the {num_devices} devices; '
-                         f'use a multiple of {num_devices} (e.g. --config.batch_size='
-                         f'{max(num_devices, batch_size // num_devices * num_devices)})')
-
-
 def _split_size(config: ml_collections.ConfigDict, split: str) -> int:
     from mobilenets_jax.data import input_pipeline
     try:
@@ -145,7 +135,7 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str, *, step
     mesh = steps.create_mesh() if mesh is None else mesh
     num_devices = mesh.devices.size
     checkpoints.check_weights(weights)
-    _check_batch_size(config, num_devices)
+    config_lib.check_batch_size(config, num_devices)
 
     # The checkpoint first: a wrong --workdir or --step is the likeliest mistake, and costs nothing to find.
     manager = checkpoints.open_checkpoints(workdir)

@@ -7,19 +7,24 @@ average (EMA) of the weights. Each of those details differs from the "textbook"
 defaults of optax, and each matters for reproducing the published accuracy, so
 this module spells them out in one place:
 
-* :func:`tf_rmsprop` -- the TF1 update (accumulator initialised to one, epsilon
-  inside the square root, learning rate folded into the momentum buffer).
+* :func:`tf_rmsprop` -- the TF update (epsilon inside the square root, learning
+  rate folded into the momentum buffer), with the accumulator starting at one
+  (TF1 ``RMSPropOptimizer``) or zero (Keras ``RMSprop``).
 * :func:`learning_rate_schedule` -- linear warmup, then staircase exponential,
-  cosine or constant, with durations given in epochs.
+  cosine, linear or constant, with durations given in epochs; the decay either
+  starts when the warmup ends or counts from step 0 (official/vision), with an
+  optional floor (tensorflow/tpu).
 * :func:`weight_decay_mask` / :func:`create_optimizer` -- coupled L2 (TF-slim adds
   ``wd * w`` to the gradient, so it passes through RMSprop's scaling) applied to
-  conv/dense kernels but not to depthwise kernels, biases or BatchNorm parameters.
+  conv/dense kernels (depthwise ones optionally) but not to biases or BatchNorm
+  parameters; or AdamW's decoupled decay on everything but BatchNorm.
 * :func:`ema_update` / :func:`ema_decay_with_warmup` -- TF's
   ``ExponentialMovingAverage(decay, num_updates=step)``.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any, Callable, Optional, Union
 
@@ -31,16 +36,20 @@ import optax
 __all__ = [
     'SCHEDULES',
     'OPTIMIZERS',
+    'WARMUP_STYLES',
     'tf_rmsprop',
     'learning_rate_schedule',
     'weight_decay_mask',
+    'decoupled_decay_mask',
     'create_optimizer',
+    'transform_from_config',
     'ema_update',
     'ema_decay_with_warmup',
 ]
 
-SCHEDULES = ('exponential', 'cosine', 'constant')
-OPTIMIZERS = ('rmsprop', 'adam', 'sgd')
+SCHEDULES = ('exponential', 'cosine', 'linear', 'constant')
+OPTIMIZERS = ('rmsprop', 'adam', 'adamw', 'sgd')
+WARMUP_STYLES = ('offset', 'absolute')
 
 
 def tf_rmsprop(
@@ -48,12 +57,13 @@ def tf_rmsprop(
     decay: float = 0.9,
     momentum: float = 0.9,
     epsilon: float = 1.0,
+    initial_scale: float = 1.0,
 ) -> optax.GradientTransformation:
     """RMSprop exactly as ``tf.compat.v1.train.RMSPropOptimizer`` computes it.
 
     Per step ``t`` (counting from 0), with gradient ``g``::
 
-        ms  = decay * ms + (1 - decay) * g**2          # ms starts at ONE
+        ms  = decay * ms + (1 - decay) * g**2          # ms starts at initial_scale
         mom = momentum * mom + lr(t) * g / sqrt(ms + epsilon)
         update = -mom
 
@@ -64,11 +74,15 @@ def tf_rmsprop(
     multiplies the gradient *before* the momentum accumulation, so a schedule
     change takes effect gradually, as in TF.
 
+    Keras' ``RMSprop`` (with momentum) is the same update with ``ms`` starting at
+    zero (``initial_scale=0``): both call TensorFlow's ``ApplyRMSProp`` kernel.
+
     Args:
       learning_rate: a float or an optax schedule ``step -> lr``.
       decay: discount of the running mean of squared gradients (TF's ``decay``).
       momentum: momentum coefficient; 0 disables the momentum buffer.
       epsilon: added to the mean square inside the square root.
+      initial_scale: the mean square's initial value: 1 for TF1, 0 for Keras.
 
     Returns:
       An ``optax.GradientTransformation``.
@@ -77,7 +91,7 @@ def tf_rmsprop(
         learning_rate,
         decay=decay,
         eps=epsilon,
-        initial_scale=1.0,
+        initial_scale=initial_scale,
         eps_in_sqrt=True,
         centered=False,
         momentum=momentum if momentum else None,
@@ -96,8 +110,10 @@ def learning_rate_schedule(
     decay_rate: float = 0.94,
     decay_epochs: float = 2.4,
     end_learning_rate_factor: float = 0.0,
+    warmup_style: str = 'offset',
+    floor_factor: float = 0.0,
 ) -> optax.Schedule:
-    """Linear warmup followed by an exponential (staircase), cosine or flat phase.
+    """Linear warmup followed by an exponential (staircase), cosine, linear or flat phase.
 
     Durations are in epochs because the papers state them that way (e.g. decay by
     0.94 every 2.4 epochs for MobileNetV3 / EfficientNet-style runs, 0.98 every
@@ -112,7 +128,15 @@ def learning_rate_schedule(
     * ``'cosine'``: from ``base`` at the end of warmup to
       ``base * end_learning_rate_factor`` at ``num_epochs * steps_per_epoch``,
       constant afterwards.
+    * ``'linear'``: from ``base`` at the end of warmup to 0 at
+      ``num_epochs * steps_per_epoch`` (the ShuffleNet papers).
     * ``'constant'``: ``base`` after the warmup.
+
+    ``warmup_style='absolute'`` instead evaluates the decay at the absolute step
+    (counting the warmup's steps) and warms up linearly from 0 to the decay's
+    value at ``warmup_steps``: official/vision's ``LinearWarmup``. A
+    ``floor_factor`` keeps the rate after the warmup at or above
+    ``floor_factor * base`` (tensorflow/tpu's MobileNet: 1e-4).
 
     Args:
       base_learning_rate: peak learning rate (already scaled for the batch size).
@@ -123,6 +147,9 @@ def learning_rate_schedule(
       decay_rate: multiplicative factor per decay period (``'exponential'``).
       decay_epochs: decay period in epochs (``'exponential'``).
       end_learning_rate_factor: final fraction of the base rate (``'cosine'``).
+      warmup_style: one of :data:`WARMUP_STYLES`.
+      floor_factor: lower bound of the rate after the warmup, as a fraction of
+        ``base_learning_rate``.
 
     Returns:
       An optax schedule mapping an integer step to a float32 learning rate.
@@ -139,9 +166,14 @@ def learning_rate_schedule(
         raise ValueError(f'steps_per_epoch must be positive, got {steps_per_epoch}.')
     if warmup_epochs < 0:
         raise ValueError(f'warmup_epochs must be >= 0, got {warmup_epochs}.')
+    if warmup_style not in WARMUP_STYLES:
+        raise ValueError(f'Unknown warmup style {warmup_style!r}; expected one of '
+                         f'{", ".join(repr(s) for s in WARMUP_STYLES)}.')
 
     warmup_steps = int(round(warmup_epochs * steps_per_epoch))
     total_steps = int(round(num_epochs * steps_per_epoch))
+    # Steps the decay phase spans: all of them when it counts from step 0.
+    decay_start = warmup_steps if warmup_style == 'offset' else 0
 
     if schedule == 'exponential':
         decay_steps = decay_epochs * steps_per_epoch
@@ -155,25 +187,33 @@ def learning_rate_schedule(
             decay_rate=decay_rate,
             staircase=True,
         )
-    elif schedule == 'cosine':
-        decay_steps = total_steps - warmup_steps
+    elif schedule in ('cosine', 'linear'):
+        decay_steps = total_steps - decay_start
         if decay_steps <= 0:
             raise ValueError(
-                f'cosine schedule needs num_epochs ({num_epochs}) > warmup_epochs ' f'({warmup_epochs}).'
+                f'{schedule} schedule needs num_epochs ({num_epochs}) > warmup_epochs ' f'({warmup_epochs}).'
             )
-        main = optax.cosine_decay_schedule(
-            init_value=base_learning_rate,
-            decay_steps=decay_steps,
-            alpha=end_learning_rate_factor,
-        )
+        if schedule == 'cosine':
+            main = optax.cosine_decay_schedule(
+                init_value=base_learning_rate,
+                decay_steps=decay_steps,
+                alpha=end_learning_rate_factor,
+            )
+        else:
+            main = optax.linear_schedule(
+                init_value=base_learning_rate, end_value=0.0, transition_steps=decay_steps
+            )
     else:
         main = optax.constant_schedule(base_learning_rate)
+    if floor_factor > 0:
+        main = _with_floor(main, floor_factor * base_learning_rate)
 
-    if warmup_steps > 0:
-        warmup = optax.linear_schedule(
-            init_value=0.0, end_value=base_learning_rate, transition_steps=warmup_steps
-        )
+    if warmup_steps > 0 and warmup_style == 'offset':
+        warmup = optax.linear_schedule(init_value=0.0, end_value=base_learning_rate, transition_steps=warmup_steps)
         joined = optax.join_schedules([warmup, main], [warmup_steps])
+    elif warmup_steps > 0:
+        warmup = optax.linear_schedule(init_value=0.0, end_value=main(warmup_steps), transition_steps=warmup_steps)
+        joined = _switch_at(warmup_steps, warmup, main)
     else:
         joined = main
 
@@ -185,6 +225,15 @@ def learning_rate_schedule(
     return lr_fn
 
 
+def _with_floor(schedule: optax.Schedule, floor: float) -> optax.Schedule:
+    return lambda step: jnp.maximum(schedule(step), floor)
+
+
+def _switch_at(boundary: int, before: optax.Schedule, after: optax.Schedule) -> optax.Schedule:
+    """`before` for steps < boundary, then `after` at the absolute step (unlike optax.join_schedules)."""
+    return lambda step: jnp.where(step < boundary, before(step), after(step))
+
+
 def _path_element_name(entry: Any) -> str:
     """Name of one element of a ``jax.tree_util`` key path, as a string."""
     for attr in ('key', 'name', 'idx'):
@@ -193,8 +242,8 @@ def _path_element_name(entry: Any) -> str:
     return str(entry)
 
 
-def weight_decay_mask(params: Any) -> Any:
-    """Which parameters get L2 weight decay: conv/dense kernels except depthwise.
+def weight_decay_mask(params: Any, *, depthwise: bool = False) -> Any:
+    """Which parameters get L2 weight decay: conv/dense kernels, depthwise ones only if `depthwise`.
 
     The MobileNet papers regularise only the "real" weights: biases and BatchNorm
     scale/offset are not decayed (standard practice), and MobileNetV1 (Sec. 4)
@@ -210,16 +259,29 @@ def weight_decay_mask(params: Any) -> Any:
 
     Returns:
       A pytree of Python bools with the same structure as ``params``, usable as
-      the ``mask`` of ``optax.add_decayed_weights``.
+      the ``mask`` of ``optax.add_decayed_weights``. The ShuffleNet and timm recipes
+      decay depthwise kernels too (``depthwise=True``).
     """
 
     def is_decayed(path, _):
         names = [_path_element_name(p) for p in path]
         if not names or names[-1] != 'kernel':
             return False
-        return not any('depthwise' in n.lower() for n in names[:-1])
+        return depthwise or not any('depthwise' in n.lower() for n in names[:-1])
 
     return jax.tree_util.tree_map_with_path(is_decayed, params)
+
+
+def _is_batch_norm(names: list) -> bool:
+    """The zoo names its BatchNorm layers 'bn' or '<something>_bn'."""
+    return any(n == 'bn' or n.endswith('_bn') for n in names[:-1])
+
+
+def decoupled_decay_mask(params: Any) -> Any:
+    """Which parameters AdamW decays: all but BatchNorm's (official/vision's AdamWeightDecay skips
+    'batch_normalization' variables; biases and depthwise kernels are decayed)."""
+    return jax.tree_util.tree_map_with_path(
+        lambda path, _: not _is_batch_norm([_path_element_name(p) for p in path]), params)
 
 
 def create_optimizer(
@@ -229,8 +291,13 @@ def create_optimizer(
     params_for_mask: Optional[Any] = None,
     optimizer: str = 'rmsprop',
     rmsprop_decay: float = 0.9,
+    rmsprop_initial_scale: float = 1.0,
     momentum: float = 0.9,
+    nesterov: bool = True,
     epsilon: float = 1.0,
+    adam_epsilon: float = 1e-8,
+    decay_depthwise: bool = False,
+    decoupled_weight_decay: float = 0.0,
     grad_clip_norm: Optional[float] = None,
 ) -> optax.GradientTransformation:
     """The full optimiser: [clip] -> coupled L2 on masked kernels -> optimizer.
@@ -254,10 +321,17 @@ def create_optimizer(
         by default the mask is computed from the params at each update (same
         result, works for any params tree the optimiser is applied to).
       optimizer: ``'rmsprop'`` (TF form, the papers), ``'adam'`` (the CIFAR-10
-        reproduction study) or ``'sgd'`` (Nesterov momentum SGD).
+        reproduction study), ``'adamw'`` (official/vision's MobileNetV3-Large) or
+        ``'sgd'`` (momentum SGD, PyTorch form; Nesterov if `nesterov`).
       rmsprop_decay: RMSprop mean-square decay.
+      rmsprop_initial_scale: RMSprop mean square's initial value (1 TF1, 0 Keras).
       momentum: momentum for ``'rmsprop'`` and ``'sgd'``.
+      nesterov: Nesterov momentum for ``'sgd'``.
       epsilon: RMSprop epsilon (inside the square root).
+      adam_epsilon: Adam/AdamW epsilon.
+      decay_depthwise: the L2 term covers depthwise kernels too.
+      decoupled_weight_decay: ``'adamw'``'s ``w -= lr * decay * w`` on all but
+        BatchNorm parameters (:func:`decoupled_decay_mask`).
       grad_clip_norm: if set and positive, clip gradients to this global norm.
 
     Returns:
@@ -277,18 +351,24 @@ def create_optimizer(
     parts = []
     if grad_clip_norm is not None and grad_clip_norm > 0:
         parts.append(optax.clip_by_global_norm(grad_clip_norm))
+    if decoupled_weight_decay and optimizer != 'adamw':
+        raise ValueError(f'decoupled_weight_decay={decoupled_weight_decay} needs the adamw optimizer, '
+                         f'not {optimizer!r}.')
     if weight_decay > 0:
-        mask: Union[Any, Callable[[Any], Any]] = (
-            weight_decay_mask if params_for_mask is None else weight_decay_mask(params_for_mask)
-        )
+        mask_fn = functools.partial(weight_decay_mask, depthwise=decay_depthwise)
+        mask: Union[Any, Callable[[Any], Any]] = mask_fn if params_for_mask is None else mask_fn(params_for_mask)
         parts.append(optax.add_decayed_weights(weight_decay, mask=mask))
 
     if optimizer == 'rmsprop':
-        parts.append(tf_rmsprop(learning_rate_fn, decay=rmsprop_decay, momentum=momentum, epsilon=epsilon))
+        parts.append(tf_rmsprop(learning_rate_fn, decay=rmsprop_decay, momentum=momentum, epsilon=epsilon,
+                                initial_scale=rmsprop_initial_scale))
     elif optimizer == 'adam':
-        parts.append(optax.adam(learning_rate_fn))
+        parts.append(optax.adam(learning_rate_fn, eps=adam_epsilon))
+    elif optimizer == 'adamw':
+        parts.append(optax.adamw(learning_rate_fn, eps=adam_epsilon, weight_decay=decoupled_weight_decay,
+                                 mask=decoupled_decay_mask))
     else:
-        parts.append(optax.sgd(learning_rate_fn, momentum=momentum, nesterov=True))
+        parts.append(optax.sgd(learning_rate_fn, momentum=momentum, nesterov=nesterov))
     return optax.chain(*parts)
 
 
@@ -378,12 +458,19 @@ def optimizer_from_config(config, *, steps_per_epoch: int, num_epochs: float, wa
     learning_rate_fn = learning_rate_schedule(
         base_learning_rate=base_learning_rate, steps_per_epoch=steps_per_epoch, num_epochs=num_epochs,
         warmup_epochs=warmup_epochs, schedule=config.schedule, decay_rate=config.lr_decay_rate,
-        decay_epochs=config.lr_decay_epochs)
-    tx = create_optimizer(
+        decay_epochs=config.lr_decay_epochs, warmup_style=config.warmup_style,
+        floor_factor=config.lr_floor_factor)
+    return learning_rate_fn, transform_from_config(config, learning_rate_fn)
+
+
+def transform_from_config(config, learning_rate_fn: optax.ScalarOrSchedule) -> optax.GradientTransformation:
+    """The optimizer a training config names, with its every field, at the given learning rate(s)."""
+    return create_optimizer(
         learning_rate_fn=learning_rate_fn, weight_decay=config.weight_decay, optimizer=config.optimizer,
-        rmsprop_decay=config.rmsprop_decay, momentum=config.momentum, epsilon=config.epsilon,
-        grad_clip_norm=config.grad_clip_norm or None)
-    return learning_rate_fn, tx
+        rmsprop_decay=config.rmsprop_decay, rmsprop_initial_scale=config.rmsprop_initial_scale,
+        momentum=config.momentum, nesterov=config.nesterov, epsilon=config.epsilon,
+        adam_epsilon=config.adam_epsilon, decay_depthwise=config.weight_decay_depthwise,
+        decoupled_weight_decay=config.decoupled_weight_decay, grad_clip_norm=config.grad_clip_norm or None)
 
 
 def cross_entropy(logits, labels, num_classes: int, label_smoothing: float = 0.0):

@@ -95,7 +95,7 @@ def check_grid(base: ml_collections.ConfigDict, points: Sequence[GridPoint]) -> 
     for point in points:
         config = point_config(base, point)
         try:
-            train_lib.validate_config(config, num_devices=jax.device_count())
+            config_lib.validate_config(config, num_devices=jax.device_count())
         except ValueError as error:
             raise ValueError(f'grid point {point.dirname}: {error}') from None
 

@@ -52,41 +52,6 @@ def shard_batch(batch: dict, mesh: Mesh) -> dict:
 
 
 # ----------------------------------------------------------------------------------------------
-# Config checks (before anything compiles)
-# ----------------------------------------------------------------------------------------------
-
-def validate_config(config: ml_collections.ConfigDict, num_devices: int) -> None:
-    """Raises ValueError naming the offending config field; runs before any compilation."""
-    try:
-        datasets.get_dataset_info(config.dataset)
-    except ValueError as error:
-        raise ValueError(f'config.dataset: {error}') from None
-    config_lib.create_model(config)                   # unknown model, bad alpha/groups, too small rho
-    if not isinstance(config.batch_size, int) or config.batch_size < 1:
-        raise ValueError(f'config.batch_size={config.batch_size!r}: must be a positive integer')
-    if config.batch_size % num_devices:
-        raise ValueError(f'config.batch_size={config.batch_size} is not divisible by the {num_devices} devices; '
-                         f'use a multiple of {num_devices}')
-    if config.num_train_steps <= 0 and not config.num_epochs > 0:
-        raise ValueError(f'config.num_epochs={config.num_epochs!r}: must be > 0 (or set config.num_train_steps)')
-    if config.optimizer not in optim.OPTIMIZERS:
-        raise ValueError(f'config.optimizer={config.optimizer!r}; allowed: {", ".join(optim.OPTIMIZERS)}')
-    if config.schedule not in optim.SCHEDULES:
-        raise ValueError(f'config.schedule={config.schedule!r}; allowed: {", ".join(optim.SCHEDULES)}')
-    if not 0.0 <= config.ema_decay < 1.0:
-        raise ValueError(f'config.ema_decay={config.ema_decay!r}: must be in [0, 1) (0 disables EMA)')
-    if not 0.0 <= config.label_smoothing < 1.0:
-        raise ValueError(f'config.label_smoothing={config.label_smoothing!r}: must be in [0, 1)')
-    if config.learning_rate <= 0:
-        raise ValueError(f'config.learning_rate={config.learning_rate!r}: must be > 0')
-    for field in ('log_every_steps', 'checkpoint_every_steps', 'keep_checkpoints'):
-        if config[field] < 1:
-            raise ValueError(f'config.{field}={config[field]!r}: must be >= 1')
-    if not config.eval_every_epochs > 0:
-        raise ValueError(f'config.eval_every_epochs={config.eval_every_epochs!r}: must be > 0')
-
-
-# ----------------------------------------------------------------------------------------------
 # Model, optimizer, state
 # ----------------------------------------------------------------------------------------------
 
@@ -225,7 +190,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
     mesh = create_mesh()
     num_devices = mesh.devices.size
-    validate_config(config, num_devices)
+    config_lib.validate_config(config, num_devices)
     if config.dataset != 'imagenet2012':
         # digits builds offline, CIFAR downloads; ImageNet needs a manual download, and reading it
         # below raises the how-to message when it is missing.

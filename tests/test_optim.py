@@ -167,10 +167,29 @@ def test_constant_schedule_and_no_warmup():
 
 
 def test_unknown_schedule_raises_and_names_choices():
-    with pytest.raises(ValueError, match=r"'linear'.*'exponential'.*'cosine'"):
+    with pytest.raises(ValueError, match=r"'polynomial'.*'exponential'.*'cosine'.*'linear'"):
         optim.learning_rate_schedule(
-            base_learning_rate=_BASE, steps_per_epoch=_SPE, num_epochs=10, warmup_epochs=1, schedule='linear'
+            base_learning_rate=_BASE, steps_per_epoch=_SPE, num_epochs=10, warmup_epochs=1, schedule='polynomial'
         )
+
+
+def test_linear_schedule_decays_to_zero_after_the_warmup():
+    fn = optim.learning_rate_schedule(base_learning_rate=1.0, steps_per_epoch=10, num_epochs=11, warmup_epochs=1,
+                                      schedule='linear')
+    assert [round(_lr(fn, s), 6) for s in (0, 5, 10, 60, 110, 200)] == [0.0, 0.5, 1.0, 0.5, 0.0, 0.0]
+
+
+def test_absolute_warmup_ramps_to_the_decayed_rate_and_the_floor_holds():
+    # Staircase halving every 10 steps counted from step 0; the 20-step warmup ends at 1.0 * 0.5 ** 2.
+    fn = optim.learning_rate_schedule(base_learning_rate=1.0, steps_per_epoch=10, num_epochs=10, warmup_epochs=2,
+                                      schedule='exponential', decay_rate=0.5, decay_epochs=1,
+                                      warmup_style='absolute', floor_factor=0.1)
+    assert _lr(fn, 10) == pytest.approx(0.125)
+    assert [_lr(fn, s) for s in (20, 29, 30, 39, 40)] == pytest.approx([0.25, 0.25, 0.125, 0.125, 0.1])
+    assert _lr(fn, 90) == pytest.approx(0.1)    # 0.5 ** 9 is below the floor
+    offset = optim.learning_rate_schedule(base_learning_rate=1.0, steps_per_epoch=10, num_epochs=10,
+                                          warmup_epochs=2, schedule='exponential', decay_rate=0.5, decay_epochs=1)
+    assert [_lr(offset, s) for s in (20, 30)] == pytest.approx([1.0, 0.5])   # the default starts after warmup
 
 
 # ------------------------------------------------------------- decay mask ---

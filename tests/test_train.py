@@ -13,7 +13,7 @@ import pytest
 import tensorflow_datasets as tfds
 
 from configs import cifar10, mobilenet_v1_imagenet
-from mobilenets_jax import checkpoints, train_lib
+from mobilenets_jax import checkpoints, config_lib, train_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -27,9 +27,12 @@ RMSPROP = {'model.dropout_rate': 0.0, 'optimizer': 'rmsprop', 'learning_rate': 0
     ('dataset', 'mnist', "config.dataset: Unknown dataset 'mnist'; supported datasets: ['cifar10'"),
     ('model.name', 'resnet50', "config.model: unknown model 'resnet50'"),
     ('rho', 0.1, 'config.rho=0.1: image size 3x3 is too small for cifar_mobilenet_v2'),
-    ('optimizer', 'lamb', "config.optimizer='lamb'; allowed: rmsprop, adam, sgd"),
+    ('optimizer', 'lamb', "config.optimizer='lamb'; allowed: rmsprop, adam, adamw, sgd"),
     ('ema_decay', 1.5, 'config.ema_decay=1.5'),
     ('model.alpha', 0.0, 'alpha=0.0 for cifar_mobilenet_v2'),
+    ('model.bn_epsilon', 0.0, 'bn_epsilon=0.0: must be > 0'),
+    ('warmup_style', 'cosine', "config.warmup_style='cosine'; allowed: offset, absolute"),
+    ('decoupled_weight_decay', 0.1, "needs config.optimizer=adamw (it is 'rmsprop')"),
 ])
 def test_config_guardrails(tiny_config, field, value, message):
     config = tiny_config(**RMSPROP)
@@ -39,7 +42,7 @@ def test_config_guardrails(tiny_config, field, value, message):
         node = node[parent]
     node[leaf] = value
     with pytest.raises(ValueError) as info:
-        train_lib.validate_config(config, num_devices=8)
+        config_lib.validate_config(config, num_devices=8)
     assert message in str(info.value)
 
 
@@ -194,6 +197,6 @@ def test_every_config_is_valid_and_documents_its_command(name):
     import importlib
     module = importlib.import_module(f'configs.{name}')
     config = module.get_config()
-    train_lib.validate_config(config, num_devices=8)
+    config_lib.validate_config(config, num_devices=8)
     if name != 'default':
         assert f'--config=configs/{name}.py' in module.__doc__ and 'Expected' in module.__doc__

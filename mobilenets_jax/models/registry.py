@@ -127,7 +127,8 @@ def create_model(name: str, *, num_classes: Optional[int] = None, alpha: float =
                  groups: Optional[int] = None, dtype: Any = jnp.float32, param_dtype: Any = jnp.float32,
                  dropout_rate: Optional[float] = None, padding_style: str = 'same',
                  depthwise_impl: str = 'auto', bn_axis_name: Optional[str] = None,
-                 bn_momentum: Optional[float] = None, **options) -> ZooModel:
+                 bn_momentum: Optional[float] = None, bn_epsilon: Optional[float] = None,
+                 **options) -> ZooModel:
     """Builds an architecture by name.
 
     Args:
@@ -144,6 +145,8 @@ def create_model(name: str, *, num_classes: Optional[int] = None, alpha: float =
       bn_momentum: BatchNorm running-average momentum; None keeps the family's TensorFlow default
         (0.99; 0.999 for V3). Short runs need less (e.g. 0.9) for the running statistics to forget
         their initial values.
+      bn_epsilon: BatchNorm epsilon; None keeps the family's (TensorFlow's 1e-3). PyTorch-trained
+        weights use 1e-5.
       **options: family options; MobileNetV1 takes `activation` ('relu' or 'relu6').
 
     Returns:
@@ -161,6 +164,8 @@ def create_model(name: str, *, num_classes: Optional[int] = None, alpha: float =
         raise ValueError(f'depthwise_impl={depthwise_impl!r}; allowed: {", ".join(layers.DEPTHWISE_IMPLS)}')
     if bn_momentum is not None and not 0.0 <= bn_momentum < 1.0:
         raise ValueError(f'bn_momentum={bn_momentum!r}: must be in [0, 1)')
+    if bn_epsilon is not None and not bn_epsilon > 0:
+        raise ValueError(f'bn_epsilon={bn_epsilon!r}: must be > 0')
     if dropout_rate is not None and not 0.0 <= dropout_rate < 1.0:
         raise ValueError(f'dropout_rate={dropout_rate!r}: must be in [0, 1)')
     unknown = sorted(set(options) - set(spec.options))
@@ -180,4 +185,6 @@ def create_model(name: str, *, num_classes: Optional[int] = None, alpha: float =
         kwargs['dropout_rate'] = float(dropout_rate)
     if bn_momentum is not None:
         kwargs['bn_momentum'] = float(bn_momentum)
+    if bn_epsilon is not None:
+        kwargs['bn_epsilon'] = float(bn_epsilon)
     return spec.module(**kwargs)
