@@ -13,6 +13,13 @@ Sources:
   megvii: megvii-model/ShuffleNet-Series README, ShuffleNetV1 params (millions, one decimal).
   cifar_study: the CIFAR-10 reproduction study's plotted parameter counts of its v2 model (thousands,
           one decimal).
+  timm:   MobileNetV4 in timm 1.0.31 (`timm/models/mobilenetv3.py::_gen_mobilenet_v4`, the reference whose
+          blocks equal tensorflow/models' `official/vision/modeling/backbones/mobilenet.py` tables): exact
+          counts from `timm.create_model(name)` (1000 classes), trainable = sum of `parameters()`,
+          non-trainable = the BatchNorm running means and variances; its results/*.csv print them as 3.77M,
+          2.24M, 1.91M, 9.72M, 32.59M, 11.07M, 7.31M, 37.76M, 22.75M. MACs: `infer_gmacs` of timm's
+          results/benchmark-infer-amp-nchw-pt240-cu124-rtx3090.csv (GMACs with two decimals, fvcore with
+          the unfused attention: they also count one per BatchNorm element, which our mult-adds do not).
 """
 from __future__ import annotations
 
@@ -34,6 +41,16 @@ EXACT_PARAMS = {
     ('mobilenet_v3_large', 0.75, None): (3_993_528, 19_088),
     ('mobilenet_v3_small', 1.0, None): (2_542_856, 12_112),
     ('mobilenet_v3_small', 0.75, None): (2_041_872, 9_680),
+    # timm (see Sources); the α < 1 models are timm's mobilenetv4_*_035/_050/_075 variants.
+    ('mobilenet_v4_conv_small', 1.0, None): (3_774_024, 25_088),
+    ('mobilenet_v4_conv_small', 0.5, None): (2_238_952, 13_856),
+    ('mobilenet_v4_conv_small', 0.35, None): (1_905_384, 10_688),
+    ('mobilenet_v4_conv_medium', 1.0, None): (9_715_512, 67_904),
+    ('mobilenet_v4_conv_large', 1.0, None): (32_590_864, 149_552),
+    ('mobilenet_v4_hybrid_medium', 1.0, None): (11_074_648, 75_840),
+    ('mobilenet_v4_hybrid_medium', 0.75, None): (7_313_528, 57_840),
+    ('mobilenet_v4_hybrid_large', 1.0, None): (37_764_624, 164_400),
+    ('mobilenet_v4_hybrid_large', 0.75, None): (22_754_984, 124_080),
 }
 # torchvision publishes the total of trainable parameters only.
 EXACT_TRAINABLE_PARAMS = {
@@ -91,6 +108,13 @@ PUBLISHED_MACS[('shufflenet_v1', 0.25, 3, 224)] = 13
 # ShuffleNet V2, Table 5.
 for _alpha, _macs in {0.5: 41, 1.0: 146, 1.5: 299, 2.0: 591}.items():
     PUBLISHED_MACS[('shufflenet_v2', _alpha, None, 224)] = _macs
+# MobileNetV4, timm's benchmark CSV (see Sources) at the tensorflow/models recipes' training resolutions.
+# Not listed: conv_small 0.5x and 0.35x at 224 (0.07 and 0.05 GMACs: two decimals are too coarse for 3%).
+PUBLISHED_MACS[('mobilenet_v4_conv_small', 1.0, None, 224)] = 190
+PUBLISHED_MACS[('mobilenet_v4_conv_medium', 1.0, None, 256)] = 1100
+PUBLISHED_MACS[('mobilenet_v4_conv_large', 1.0, None, 384)] = 6430
+PUBLISHED_MACS[('mobilenet_v4_hybrid_medium', 1.0, None, 256)] = 1290
+PUBLISHED_MACS[('mobilenet_v4_hybrid_large', 1.0, None, 384)] = 7770
 
 
 def published_params(model: str, alpha: float, groups: Optional[int]) -> Optional[float]:

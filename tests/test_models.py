@@ -10,7 +10,8 @@ from mobilenets_jax.models import layers
 
 ALL_MODELS = ['cifar_mobilenet_v1', 'cifar_mobilenet_v2', 'mobilenet_v1', 'mobilenet_v1_conv',
               'mobilenet_v1_shallow', 'mobilenet_v2', 'mobilenet_v3_large', 'mobilenet_v3_small',
-              'shufflenet_v1', 'shufflenet_v2']
+              'mobilenet_v4_conv_large', 'mobilenet_v4_conv_medium', 'mobilenet_v4_conv_small',
+              'mobilenet_v4_hybrid_large', 'mobilenet_v4_hybrid_medium', 'shufflenet_v1', 'shufflenet_v2']
 
 
 def count(tree):

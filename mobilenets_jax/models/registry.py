@@ -10,7 +10,7 @@ from typing import Any, Optional
 
 import jax.numpy as jnp
 
-from mobilenets_jax.models import layers, mobilenet_v1, mobilenet_v2, mobilenet_v3, shufflenet
+from mobilenets_jax.models import layers, mobilenet_v1, mobilenet_v2, mobilenet_v3, mobilenet_v4, shufflenet
 from mobilenets_jax.models.base import ZooModel
 
 
@@ -66,6 +66,17 @@ _SPECS = (
               summary='ShuffleNet V1, Table 1 (groups 1, 2, 3, 4, 8)'),
     ModelSpec('shufflenet_v2', shufflenet.ShuffleNetV2, {}, 224, 1000, (0.5, 1.0, 1.5, 2.0), (224,),
               allowed_alphas=tuple(shufflenet.SHUFFLENET_V2_CHANNELS), summary='ShuffleNet V2, Table 5'),
+    # MobileNetV4: published α are timm's variants; the resolution is the tensorflow/models recipe's training size.
+    ModelSpec('mobilenet_v4_conv_small', mobilenet_v4.MobileNetV4, mobilenet_v4.VARIANTS['conv_small'], 224, 1000,
+              (1.0, 0.5, 0.35), (224,), summary='MobileNetV4-Conv-S (UIB)'),
+    ModelSpec('mobilenet_v4_conv_medium', mobilenet_v4.MobileNetV4, mobilenet_v4.VARIANTS['conv_medium'], 224,
+              1000, (1.0,), (256,), summary='MobileNetV4-Conv-M (UIB, Fused IB)'),
+    ModelSpec('mobilenet_v4_conv_large', mobilenet_v4.MobileNetV4, mobilenet_v4.VARIANTS['conv_large'], 224, 1000,
+              (1.0,), (384,), summary='MobileNetV4-Conv-L (UIB, Fused IB)'),
+    ModelSpec('mobilenet_v4_hybrid_medium', mobilenet_v4.MobileNetV4, mobilenet_v4.VARIANTS['hybrid_medium'], 224,
+              1000, (1.0, 0.75), (256,), summary='MobileNetV4-Hybrid-M (UIB, Mobile MQA)'),
+    ModelSpec('mobilenet_v4_hybrid_large', mobilenet_v4.MobileNetV4, mobilenet_v4.VARIANTS['hybrid_large'], 224,
+              1000, (1.0, 0.75), (384,), summary='MobileNetV4-Hybrid-L (UIB, Mobile MQA, GELU)'),
 )
 MODELS: dict[str, ModelSpec] = {spec.name: spec for spec in _SPECS}
 
