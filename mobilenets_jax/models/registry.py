@@ -74,9 +74,9 @@ _SPECS = (
     ModelSpec('mobilenet_v4_conv_large', mobilenet_v4.MobileNetV4, mobilenet_v4.VARIANTS['conv_large'], 224, 1000,
               (1.0,), (384,), summary='MobileNetV4-Conv-L (UIB, Fused IB)'),
     ModelSpec('mobilenet_v4_hybrid_medium', mobilenet_v4.MobileNetV4, mobilenet_v4.VARIANTS['hybrid_medium'], 224,
-              1000, (1.0, 0.75), (256,), summary='MobileNetV4-Hybrid-M (UIB, Mobile MQA)'),
+              1000, (1.0, 0.75), (256,), summary='MobileNetV4-Hybrid-M (UIB, Mobile MQA: attention products not in mult-adds)'),
     ModelSpec('mobilenet_v4_hybrid_large', mobilenet_v4.MobileNetV4, mobilenet_v4.VARIANTS['hybrid_large'], 224,
-              1000, (1.0, 0.75), (384,), summary='MobileNetV4-Hybrid-L (UIB, Mobile MQA, GELU)'),
+              1000, (1.0, 0.75), (384,), summary='MobileNetV4-Hybrid-L (UIB, Mobile MQA: attention products not in mult-adds; GELU)'),
 )
 MODELS: dict[str, ModelSpec] = {spec.name: spec for spec in _SPECS}
 
