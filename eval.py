@@ -13,30 +13,26 @@ Multi-host: run the same command on every host (see train.py for the distributed
 """
 import json
 
-from absl import app, flags
-from ml_collections import config_flags
+from absl import flags
 
 from mobilenets_jax import cli_utils
 
 FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file('config', None, 'The training configuration file (configs/*.py); '
-                                '--config.x=y overrides (rho, batch_size, data_dir, ...).', lock_config=True)
-flags.DEFINE_string('workdir', None, 'The training run\'s directory (local or gs://); checkpoints are read '
-                    'from <workdir>/checkpoints.')
+cli_utils.define_run_flags('The training configuration file (configs/*.py); --config.x=y overrides (rho, '
+                           'batch_size, data_dir, ...).',
+                           'The training run\'s directory (local or gs://); checkpoints are read from '
+                           '<workdir>/checkpoints.')
 flags.DEFINE_integer('step', None, 'Checkpoint step to evaluate (default: the latest).', lower_bound=0)
 flags.DEFINE_enum('weights', None, ['ema', 'raw'], 'Which weights to evaluate (default: EMA when the '
                   'checkpoint has EMA weights, else raw).')
 flags.DEFINE_string('split', None, 'Dataset split, TFDS slicing allowed (default: config.eval_split or the '
                     'dataset\'s evaluation split).')
-cli_utils.define_distributed_flags()
-cli_utils.define_compilation_cache_flag()
-flags.mark_flags_as_required(['config', 'workdir'])
 
 
 def main(argv):
     cli_utils.start(argv, persistent_cache=True)
     from mobilenets_jax import evaluation
-    with cli_utils.user_errors_exit_2():
+    with cli_utils.one_line_errors():
         record = evaluation.evaluate_checkpoint(FLAGS.config, FLAGS.workdir, step=FLAGS.step,
                                                 weights=FLAGS.weights, split=FLAGS.split)
     print(evaluation.summary(record))
@@ -44,4 +40,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-    app.run(main)
+    cli_utils.run(main)

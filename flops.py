@@ -17,7 +17,7 @@ import time
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 os.environ.setdefault('TF_ENABLE_ONEDNN_OPTS', '0')
 
-from absl import app, flags, logging
+from absl import flags, logging
 from ml_collections import config_flags
 
 from mobilenets_jax import cli_utils
@@ -66,15 +66,6 @@ def _configs_and_options():
     groups = _numbers(FLAGS.groups, int, 'groups')
     chosen = [name for name, on in (('--config', FLAGS.config is not None), ('--model', FLAGS.model is not None),
                                     ('--all', FLAGS.all)) if on]
-    if FLAGS['config'].present:
-        filename = config_flags.get_config_filename(FLAGS['config'])
-        if not os.path.isfile(filename):
-            raise _UserError(f'--config={filename}: no such file')
-        try:
-            FLAGS.config.get('model')   # config_flags reports a broken file only when the config is read
-        except Exception as error:  # noqa: BLE001 — whatever the config file raised
-            lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-            raise _UserError(f'--config={filename}: {lines[-1] if lines else type(error).__name__}') from None
     if len(chosen) != 1:
         got = f' (got {", ".join(chosen)})' if chosen else ''
         raise _UserError(f'give exactly one of --config, --model, --all{got}')
@@ -104,7 +95,7 @@ def main(argv):
         logging.set_verbosity(logging.WARNING)   # a report, not a log: keep INFO chatter off stderr
     cli_utils.start(argv, distributed=False)
     from mobilenets_jax import cost
-    with cli_utils.user_errors_exit_2():
+    with cli_utils.one_line_errors():
         configs, options = _configs_and_options()
     progress = (lambda line: print(line, file=sys.stderr, flush=True)) if len(configs) > 1 else None
     start = time.perf_counter()
@@ -115,19 +106,5 @@ def main(argv):
     return 0
 
 
-def _parse_flags(argv):
-    """absl's parser, but a bad flag value (e.g. a missing --config file) is one line and exit status 2."""
-    try:
-        return FLAGS(argv)
-    except flags.Error as error:
-        text = str(error)
-        if 'Traceback' in text:   # a config file that raised: keep the flag and the exception's last line
-            lines = [line.strip() for line in text.splitlines() if line.strip()]
-            text = f'{text.split("Traceback")[0].strip()} {lines[-1]}'
-        message = ' '.join(text.split())
-        print(f'error: {message}', file=sys.stderr)
-        sys.exit(2)
-
-
 if __name__ == '__main__':
-    app.run(main, flags_parser=_parse_flags)
+    cli_utils.run(main)

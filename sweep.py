@@ -6,7 +6,7 @@
 
 Rerunning the same command skips finished points and resumes an interrupted one from its checkpoint.
 """
-from absl import app, flags, logging
+from absl import flags, logging
 from ml_collections import config_flags
 
 from mobilenets_jax import cli_utils
@@ -22,6 +22,8 @@ flags.mark_flags_as_required(['config', 'workdir'])
 
 
 def _floats(values, flag):
+    if not values:
+        raise ValueError(f'--{flag} is empty: give at least one value, e.g. --{flag}=0.5,1.0')
     try:
         return [float(v) for v in values]
     except ValueError:
@@ -31,7 +33,7 @@ def _floats(values, flag):
 def main(argv):
     cli_utils.start(argv, distributed=False, persistent_cache=True)   # single-process: no distributed flags
     from mobilenets_jax import sweep_lib
-    with cli_utils.user_errors_exit_2():
+    with cli_utils.one_line_errors():
         result = sweep_lib.run_sweep(FLAGS.config, FLAGS.workdir, models=FLAGS.models or [FLAGS.config.model.name],
                                      alphas=_floats(FLAGS.alphas, 'alphas'), rhos=_floats(FLAGS.rhos, 'rhos'))
     logging.info('Sweep done: %d rows in %s/results.csv, %d trained now, %d failed.', len(result['rows']),
@@ -41,4 +43,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-    app.run(main)
+    cli_utils.run(main)

@@ -6,28 +6,28 @@
 Multi-host (TPU VM pods, multi-node GPU): run the same command on every host; add
 --coordinator_address=HOST:PORT --num_processes=N --process_id=I where the platform does not
 provide them (TPU VMs do).
-"""
 
-from absl import app, flags, logging
-from ml_collections import config_flags
+Exit status: 0 done (or preempted by SIGTERM, checkpoint saved); 2 a mistake to fix (one line on stderr:
+bad flag or config, missing config file, workdir in use or not writable, disk full, a checkpoint that does
+not fit the config); 3 training stopped itself (non-finite or diverging loss; the message names the last
+complete checkpoint).
+"""
+from absl import flags, logging
 
 from mobilenets_jax import cli_utils
 
 FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file('config', None, 'Training configuration file (configs/*.py).', lock_config=True)
-flags.DEFINE_string('workdir', None, 'Directory (local or gs://) for checkpoints and metrics.')
-cli_utils.define_distributed_flags()
-cli_utils.define_compilation_cache_flag()
-flags.mark_flags_as_required(['config', 'workdir'])
+cli_utils.define_run_flags('Training configuration file (configs/*.py).',
+                           'Directory (local or gs://) for checkpoints and metrics.')
 
 
 def main(argv):
     cli_utils.start(argv, persistent_cache=True)
     from mobilenets_jax import train_lib
-    with cli_utils.user_errors_exit_2():
+    with cli_utils.one_line_errors():
         result = train_lib.train_and_evaluate(FLAGS.config, FLAGS.workdir)
     logging.info('done: %s', result)
 
 
 if __name__ == '__main__':
-    app.run(main)
+    cli_utils.run(main)

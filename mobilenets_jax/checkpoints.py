@@ -179,7 +179,7 @@ def _flat_shapes(tree: Any) -> dict:
     """{'params/block_1_depthwise/kernel': shape, ...} over the leaves of `tree`."""
     flat = {}
     for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
-        name = '/'.join(str(getattr(key, 'key', getattr(key, 'idx', key))) for key in path)
+        name = '/'.join(str(getattr(key, 'key', getattr(key, 'idx', getattr(key, 'name', key)))) for key in path)
         flat[name] = tuple(leaf.shape)
     return flat
 
@@ -234,6 +234,96 @@ def check_shapes(saved: dict, expected: dict, config: ml_collections.ConfigDict,
         f'the checkpoint does not fit the config: {name} has shape {saved_flat[name]} in the checkpoint but '
         f'{expected_flat[name]} in the model ({described})'
         f'{f"; {more} more parameters differ" if more else ""}; {field}')
+
+
+# ----------------------------------------------------------------------------------------------
+# Resuming: the newest complete and readable step; damaged ones are set aside, never deleted
+# ----------------------------------------------------------------------------------------------
+
+DAMAGED_SUFFIX = '.damaged'
+
+
+def is_damage(error: BaseException) -> bool:
+    """A read failure of the files themselves, as opposed to our own "does not fit" ValueErrors."""
+    return not isinstance(error, ValueError) or 'has no training state' in str(error)
+
+
+def describe_damage(error: BaseException) -> str:
+    """The first line of an exception's message: orbax's and tensorstore's run to dozens of lines."""
+    text = str(error).strip().splitlines()[0] if str(error).strip() else ''
+    text = text.split(' See full TensorStore details')[0]
+    return f'{type(error).__name__}: {text[:160]}'
+
+
+def set_aside(workdir: str, step: int, why: str) -> str:
+    """Renames the step's directory to `<step>.damaged` (`.damaged.2`, ... if taken), warns in one line."""
+    import tensorflow as tf   # gfile: local paths and gs:// alike
+    source = os.path.join(checkpoint_dir(workdir), str(step))
+    target, n = source + DAMAGED_SUFFIX, 1
+    while tf.io.gfile.exists(target):
+        n += 1
+        target = f'{source}{DAMAGED_SUFFIX}.{n}'
+    tf.io.gfile.rename(source, target)
+    logging.warning('The checkpoint at step %d is damaged (%s); moved it to %s and resuming from the one before.',
+                    step, why, target)
+    return target
+
+
+def _check_state_fits(saved: dict, target: Any, config: ml_collections.ConfigDict, num_classes: int) -> None:
+    """ValueError (a user error, not damage) when the saved state is another model's or optimizer's."""
+    check_shapes({k: saved[k] for k in ('params', 'batch_stats') if k in saved},
+                 {k: target[k] for k in ('params', 'batch_stats') if k in target}, config, num_classes)
+    saved_flat, target_flat = _flat_shapes(saved), _flat_shapes(target)
+    if saved_flat != target_flat:
+        name = next(iter(sorted(set(saved_flat) ^ set(target_flat)) or
+                         [n for n in sorted(target_flat) if saved_flat.get(n) != target_flat[n]]))
+        raise ValueError(f'the checkpoint does not fit the config: its training state differs at {name!r} '
+                         f'(checkpoint: {saved_flat.get(name)}, config: {target_flat.get(name)}); '
+                         f'config.optimizer (or config.ema_decay) probably differs from the one trained with '
+                         f'{config.optimizer!r}')
+
+
+def restore_newest_readable(workdir: str, manager: ocp.CheckpointManager, target: Any,
+                            config: ml_collections.ConfigDict, num_classes: int, *, keep: int,
+                            move_damaged: bool = True):
+    """(manager, state, step) from the newest step that reads back whole; (manager, None, None) if none.
+
+    A step whose metadata or arrays cannot be read is moved aside (`set_aside`, by the process that
+    `move_damaged`: process 0 of a multi-host run) and the next older one is tried; a step that reads
+    but does not fit the config raises ValueError (that is not damage). The returned manager is a fresh
+    one when steps were set aside (the old one still lists them).
+    """
+    damaged = set()
+    reader = open_checkpoints(workdir)   # the training manager has no item handlers to read metadata with
+    while True:
+        steps = sorted(set(manager.all_steps()) - damaged, reverse=True)
+        if not steps:
+            return _fresh(manager, workdir, keep, damaged), None, None
+        step = steps[0]
+        try:
+            saved = saved_tree(reader, step)
+        except Exception as error:   # noqa: BLE001 — whatever orbax or tensorstore raise on a broken step
+            why = f'its metadata is unreadable: {describe_damage(error)}'
+        else:
+            _check_state_fits(saved, target, config, num_classes)
+            try:
+                state = restore(manager, step, target)
+                return _fresh(manager, workdir, keep, damaged), state, step
+            except Exception as error:   # noqa: BLE001
+                why = f'its arrays are unreadable: {describe_damage(error)}'
+        damaged.add(step)
+        if move_damaged:
+            set_aside(workdir, step, why)
+        else:
+            logging.warning('The checkpoint at step %d is damaged (%s); trying the one before.', step, why)
+
+
+def _fresh(manager: ocp.CheckpointManager, workdir: str, keep: int, damaged: set) -> ocp.CheckpointManager:
+    """The manager to train with: a new one when steps were set aside under the old one's feet."""
+    if not damaged:
+        return manager
+    manager.close()
+    return create_manager(workdir, keep=keep)
 
 
 def _restore_target(tree: Any, sharding: NamedSharding):

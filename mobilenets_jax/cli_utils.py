@@ -13,7 +13,7 @@ import logging as logging_std
 from absl import app, flags
 from absl import logging as absl_logging
 
-from mobilenets_jax import compilation_cache
+from mobilenets_jax import compilation_cache, errors
 
 FLAGS = flags.FLAGS
 
@@ -119,15 +119,94 @@ class _QuietLibraries(logging_std.Filter):
         return record.levelno >= logging_std.WARNING or not any(n in record.pathname for n in self._NOISY)
 
 
+class _DiskFullReportedOnce(logging_std.Filter):
+    """A full disk fails orbax's background save threads, each of which logs its traceback; the entry
+    point reports it in one line (`errors.disk_full_error`), so those records are dropped."""
+
+    def filter(self, record):
+        if record.exc_info and record.exc_info[1] is not None and errors.is_disk_full(record.exc_info[1]):
+            return False
+        return 'No space left on device' not in record.getMessage()
+
+
+def _without_closed_loop_noise(hook):
+    """When a save fails (a full disk), tensorstore's pending write callbacks find orbax's asyncio loop
+    closed and print 'Event loop is closed' tracebacks through sys.excepthook; they say nothing more."""
+    def excepthook(kind, value, traceback):
+        if isinstance(value, RuntimeError) and str(value) == 'Event loop is closed':
+            return
+        hook(kind, value, traceback)
+    return excepthook
+
+
 def quiet_library_logs() -> None:
-    absl_logging.get_absl_handler().addFilter(_QuietLibraries())
+    handler = absl_logging.get_absl_handler()
+    handler.addFilter(_QuietLibraries())
+    handler.addFilter(_DiskFullReportedOnce())
+    sys.excepthook = _without_closed_loop_noise(sys.excepthook)
+
+
+def define_run_flags(config_help: str, workdir_help: str) -> None:
+    """The flags train.py and eval.py share: --config (with --config.x=y overrides), --workdir, the
+    multi-process flags and --compilation_cache_dir."""
+    from ml_collections import config_flags
+    config_flags.DEFINE_config_file('config', None, config_help, lock_config=True)
+    flags.DEFINE_string('workdir', None, workdir_help)
+    define_distributed_flags()
+    define_compilation_cache_flag()
+    flags.mark_flags_as_required(['config', 'workdir'])
+
+
+def _one_line(text: str) -> str:
+    """A config file's exception arrives as a traceback inside the flag error: keep its head and last line."""
+    if 'Traceback' in text:
+        lines = [line.strip() for line in text.splitlines() if line.strip()]
+        text = f'{text.split("Traceback")[0].strip()} {lines[-1]}'
+    return ' '.join(text.split())
+
+
+def _fail(message: str, status: int = errors.EXIT_USER_ERROR):
+    print(f'error: {message}', file=sys.stderr)
+    sys.exit(status)
+
+
+def parse_flags(argv):
+    """absl's flag parsing, but every mistake is one line and exit status 2: an unknown or malformed flag
+    (e.g. --config.batch_size=abc), a missing required flag, a --config file that does not exist or that
+    raises when it is loaded (config_flags loads it lazily, so it is loaded here, before anything runs)."""
+    try:
+        args = FLAGS(argv)
+    except flags.Error as error:
+        _fail(_one_line(str(error)))
+    if 'config' in FLAGS and FLAGS['config'].present:
+        from ml_collections import config_flags
+        filename = config_flags.get_config_filename(FLAGS['config'])
+        if not os.path.isfile(filename):
+            _fail(f'--config={filename}: no such file')
+        try:
+            FLAGS.config.get('model')
+        except Exception as error:  # noqa: BLE001 — whatever the config file raised
+            _fail(f'--config={filename}: {_one_line(str(error)) or type(error).__name__}')
+    return args
+
+
+def run(main) -> None:
+    """`app.run(main)` with `parse_flags`."""
+    app.run(main, flags_parser=parse_flags)
 
 
 @contextlib.contextmanager
-def user_errors_exit_2():
-    """A ValueError from our checks is a user error: print one line, exit 2, no traceback."""
+def one_line_errors():
+    """Our checks' errors as one line instead of a traceback: a ValueError (bad input, workdir in use, disk
+    full: `errors.UserError`) exits 2; `errors.TrainingStopped` (non-finite or diverging loss) exits 3."""
     try:
         yield
+    except errors.TrainingStopped as stop:
+        _fail(f'{stop}', errors.EXIT_TRAINING_STOPPED)
+    except errors.DiskFullError as error:
+        # orbax's failed background writers would log more tracebacks while the interpreter shuts down
+        print(f'error: {error}', file=sys.stderr, flush=True)
+        sys.stdout.flush()
+        os._exit(errors.EXIT_USER_ERROR)
     except ValueError as error:
-        print(f'error: {error}', file=sys.stderr)
-        sys.exit(2)
+        _fail(f'{error}')

@@ -67,6 +67,7 @@ def default_config() -> ml_collections.ConfigDict:
     config.label_smoothing = 0.1
     config.ema_decay = 0.9999            # 0: no EMA (evaluation uses the raw weights)
 
+    config.divergence_factor = 1000.0    # stop (exit 3) when the loss exceeds this × its running minimum; 0: off
     config.half_precision = False        # bfloat16 compute, float32 master weights
     config.sync_batch_stats = False      # BatchNorm statistics per device (the reference TPU recipe)
     config.seed = 0
@@ -114,6 +115,8 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int) -> None
         raise ValueError(f'config.label_smoothing={config.label_smoothing!r}: must be in [0, 1)')
     if config.learning_rate <= 0:
         raise ValueError(f'config.learning_rate={config.learning_rate!r}: must be > 0')
+    if config.divergence_factor != 0 and not config.divergence_factor > 1:
+        raise ValueError(f'config.divergence_factor={config.divergence_factor!r}: must be > 1 (0 turns it off)')
     if not 0.0 <= config.lr_floor_factor < 1.0:
         raise ValueError(f'config.lr_floor_factor={config.lr_floor_factor!r}: must be in [0, 1)')
     for field in ('weight_decay', 'decoupled_weight_decay', 'rmsprop_initial_scale', 'warmup_epochs'):

@@ -140,18 +140,31 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str, *, step
     # The checkpoint first: a wrong --workdir or --step is the likeliest mistake, and costs nothing to find.
     manager = checkpoints.open_checkpoints(workdir)
     try:
-        step = checkpoints.resolve_step(manager, workdir, step)
-        saved = checkpoints.saved_tree(manager, step)
-
+        requested = step
+        newest = checkpoints.resolve_step(manager, workdir, step)
         info = datasets.get_dataset_info(config.dataset)
         model = config_lib.create_model(config)
         size = config_lib.image_size(config)
         expected = models.abstract_variables(model, (1, size, size, 3))
         expected = {'params': expected['params'], 'batch_stats': expected.get('batch_stats', {})}
-        checkpoints.check_shapes({'params': saved['params'], 'batch_stats': saved.get('batch_stats', {})},
-                                 expected, config, info.num_classes)
-        restore_start = time.time()
-        variables, weights = checkpoints.load_variables(manager, step, expected, mesh, weights, saved)
+        # Without --step, a damaged newest step (a crash while writing it, a truncated file) falls back to
+        # the one before, with a warning; eval only reads, so nothing is moved.
+        candidates = [newest] if requested is not None else sorted(manager.all_steps(), reverse=True)
+        for step in candidates:
+            restore_start = time.time()
+            try:
+                saved = checkpoints.saved_tree(manager, step)
+                checkpoints.check_shapes({'params': saved['params'], 'batch_stats': saved.get('batch_stats', {})},
+                                         expected, config, info.num_classes)
+                variables, chosen = checkpoints.load_variables(manager, step, expected, mesh, weights, saved)
+                break
+            except Exception as error:   # noqa: BLE001 — damage shows up as whatever orbax/tensorstore raise
+                if (requested is not None or step == candidates[-1]
+                        or not checkpoints.is_damage(error)):
+                    raise
+                logging.warning('The checkpoint at step %d is damaged (%s); evaluating the one before.', step,
+                                checkpoints.describe_damage(error))
+        weights = chosen
         restore_secs = time.time() - restore_start
     finally:
         manager.close()

@@ -8,6 +8,7 @@ replicated; each device sees `batch_size / num_devices` examples.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -23,7 +24,7 @@ import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from mobilenets_jax import checkpoints, compilation_cache, config_lib, optim, steps
+from mobilenets_jax import checkpoints, compilation_cache, config_lib, errors, optim, steps, workdir_lock
 from mobilenets_jax.data import datasets
 from mobilenets_jax.models import init_variables
 
@@ -31,8 +32,38 @@ from mobilenets_jax.models import init_variables
 from mobilenets_jax.steps import BATCH_AXIS, create_mesh, make_eval_step  # noqa: F401
 
 
-class NonFiniteLossError(RuntimeError):
-    """Raised when the training loss becomes NaN or infinite."""
+class NonFiniteLossError(errors.TrainingStopped):
+    """The training loss became NaN or infinite."""
+
+
+class DivergenceError(errors.TrainingStopped):
+    """The training loss rose above `config.divergence_factor` times its running minimum."""
+
+
+# Divergence is judged against max(running minimum, this floor): with the default factor of 1000 the
+# threshold never falls below 10 nats, above the chance loss of a 20,000-class softmax (ln 20000 ≈ 9.9),
+# so a healthy run, however close to zero its loss gets, cannot trip it.
+DIVERGENCE_LOSS_FLOOR = 0.01
+
+
+class DivergenceMonitor:
+    """Tracks the running minimum of the training loss and names the first step that breaks the rules."""
+
+    def __init__(self, factor: float):
+        self.factor = factor
+        self.minimum = float('inf')
+
+    def check(self, losses, first_step: int) -> None:
+        """`losses` of consecutive steps from `first_step`; raises NonFiniteLossError / DivergenceError."""
+        for offset, loss in enumerate(losses):
+            loss = float(loss)
+            step = first_step + offset
+            if not np.isfinite(loss):
+                raise NonFiniteLossError(f'non-finite training loss ({loss}) at step {step}')
+            if self.factor > 0 and loss > self.factor * max(self.minimum, DIVERGENCE_LOSS_FLOOR):
+                raise DivergenceError(f'training loss {loss:.4g} at step {step} is above config.divergence_factor='
+                                      f'{self.factor:g} times its running minimum {self.minimum:.4g}: diverging')
+            self.minimum = min(self.minimum, loss)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -125,14 +156,28 @@ def evaluate(eval_fn, variables: dict, dataset, mesh: Mesh, *, max_batches: int 
 class MetricWriter:
     """metrics.jsonl plus TensorBoard events; only process 0 writes."""
 
-    def __init__(self, workdir: str):
+    def __init__(self, workdir: str, resumed_step: int = 0):
         self.active = jax.process_index() == 0
         self._tb = None
         if self.active:
             import tensorflow as tf
             tf.io.gfile.makedirs(workdir)
             self._jsonl_path = os.path.join(workdir, 'metrics.jsonl')
+            self._drop_records_after(resumed_step)
             self._tb = tf.summary.create_file_writer(os.path.join(workdir, 'tensorboard'))
+
+    def _drop_records_after(self, step: int) -> None:
+        """A resumed run repeats the steps after its checkpoint: their old records would be duplicates."""
+        import tensorflow as tf
+        if not tf.io.gfile.exists(self._jsonl_path):
+            return
+        with tf.io.gfile.GFile(self._jsonl_path) as f:
+            lines = f.read().splitlines()
+        kept = [line for line in lines if line.strip() and _record_step(line) <= step]
+        if len(kept) != len(lines):
+            with tf.io.gfile.GFile(self._jsonl_path + '.tmp', 'w') as f:
+                f.write(''.join(line + '\n' for line in kept))
+            tf.io.gfile.rename(self._jsonl_path + '.tmp', self._jsonl_path, overwrite=True)
 
     def write(self, record: dict) -> None:
         if not self.active:
@@ -145,6 +190,13 @@ class MetricWriter:
                 if key not in ('step', 'split') and isinstance(value, (int, float)):
                     tf.summary.scalar(f'{record["split"]}/{key}', value)
         self._tb.flush()
+
+
+def _record_step(line: str) -> float:
+    try:
+        return float(json.loads(line).get('step', 0))
+    except ValueError:   # a line cut short by a kill: drop it
+        return float('inf')
 
 
 def format_seconds(seconds: float) -> str:
@@ -181,21 +233,47 @@ class _PreemptionFlag:
 # The loop
 # ----------------------------------------------------------------------------------------------
 
+def _claim_workdir(workdir: str) -> workdir_lock.WorkdirLock:
+    """Creates the workdir and takes its lock (process 0), before any data is read: an unwritable
+    directory or a second writer is a one-line error, not a traceback after the dataset has loaded."""
+    import tensorflow as tf
+    writer = jax.process_index() == 0
+    if writer:
+        try:
+            tf.io.gfile.makedirs(workdir)
+        except (OSError, tf.errors.OpError) as error:
+            raise errors.UserError(f'--workdir={workdir} cannot be created: {getattr(error, "strerror", None) or error}'
+                                   ) from None
+    lock = workdir_lock.WorkdirLock(workdir, enabled=writer)
+    try:
+        lock.acquire()
+    except PermissionError as error:
+        raise errors.UserError(f'--workdir={workdir} is not writable: {error.strerror}') from None
+    return lock
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
-    """Trains `config` to completion in `workdir`, resuming from its latest checkpoint.
+    """Trains `config` to completion in `workdir`, resuming from its newest readable checkpoint.
 
     Returns the final evaluation record (or the last record and `status='preempted'` after SIGTERM).
+    Raises `errors.UserError` for what the user can fix (exit 2) and `errors.TrainingStopped` when the
+    loss goes non-finite or diverges (exit 3), after waiting for the checkpoints being written.
     """
+    mesh = create_mesh()
+    config_lib.validate_config(config, mesh.devices.size)
+    with _claim_workdir(workdir):
+        return _train(config, workdir, mesh)
+
+
+def _train(config: ml_collections.ConfigDict, workdir: str, mesh: Mesh) -> dict:
     from mobilenets_jax.data import input_pipeline
 
-    mesh = create_mesh()
     num_devices = mesh.devices.size
-    config_lib.validate_config(config, num_devices)
     if config.dataset != 'imagenet2012':
         # digits builds offline, CIFAR downloads; ImageNet needs a manual download, and reading it
         # below raises the how-to message when it is missing.
         input_pipeline.ensure_dataset(config.dataset, data_dir=config.data_dir)
-    info = input_pipeline.get_dataset_info(config.dataset)
+    info = datasets.get_dataset_info(config.dataset)
     eval_split = config.eval_split or info.eval_split
     train_split = config.get('train_split') or info.train_split
     num_train = input_pipeline.num_examples(config.dataset, train_split, data_dir=config.data_dir)
@@ -205,23 +283,25 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                  config.dataset, num_devices, jax.process_count(), config.batch_size, setup.total_steps,
                  setup.steps_per_epoch)
 
-    manager = checkpoints.create_manager(workdir, keep=config.keep_checkpoints)
     checkpoint_metadata = checkpoints.CheckpointMetadata.from_config(config)
     state = initial_state(setup, config, mesh)
-    latest = manager.latest_step()
-    if latest is not None:
-        state = checkpoints.restore(manager, latest, checkpoints.abstract_like(state))
+    manager, restored, latest = checkpoints.restore_newest_readable(
+        workdir, checkpoints.create_manager(workdir, keep=config.keep_checkpoints), checkpoints.abstract_like(state),
+        config, setup.num_classes, keep=config.keep_checkpoints, move_damaged=jax.process_index() == 0)
+    if restored is not None:
+        state = restored
         logging.info('Resumed from the checkpoint at step %d in %s', latest, checkpoints.checkpoint_dir(workdir))
     start_step = int(jax.device_get(state['step']))
+    checkpoint_bytes = sum(x.nbytes for x in jax.tree.leaves(state))
 
-    writer = MetricWriter(workdir)
+    writer = MetricWriter(workdir, resumed_step=start_step)
     p_train_step = make_train_step(setup, config, mesh)
     p_eval_step = make_eval_step(setup.model, setup.num_classes, mesh)
     train_iter = iter(input_pipeline.create_train_dataset(
         config.dataset, global_batch_size=config.batch_size, image_size=setup.image_size,
         data_dir=config.data_dir, augment=config.augment, normalization=config.normalization, split=train_split,
-        # a resumed run draws a fresh order instead of replaying the first epochs' batches
-        seed=config.seed + start_step).as_numpy_iterator())
+        # the stream depends on the seed alone: a resumed run continues it where the checkpoint stopped
+        seed=config.seed, start_step=start_step).as_numpy_iterator())
     eval_every = max(1, int(round(config.eval_every_epochs * setup.steps_per_epoch)))
 
     def run_eval(state, step):
@@ -243,19 +323,32 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                      eval_split, record['weights'])
         return record
 
-    def check_finite(records, step):
-        for record in records:
-            if not np.isfinite(record['loss']):
-                raise NonFiniteLossError(
-                    f'non-finite training loss ({record["loss"]}) by step {step}; training stopped without saving. '
-                    f'The last good checkpoint in {checkpoints.checkpoint_dir(workdir)} is intact '
-                    f'(step {manager.latest_step()}). Lower config.learning_rate or enable config.grad_clip_norm.')
+    def saving(action):
+        """Runs a save (or the wait for one) turning a full disk into one line naming what is needed."""
+        try:
+            return action()
+        except Exception as error:  # noqa: BLE001 — orbax wraps the OSError of a background write
+            if errors.is_disk_full(error):
+                raise errors.disk_full_error(checkpoints.checkpoint_dir(workdir), checkpoint_bytes) from None
+            raise
+
+    def save(step, force=False):
+        saving(lambda: checkpoints.save(manager, step, state, checkpoint_metadata, force=force))
 
     def save_final(step):
         # The periodic save may already hold this step (e.g. SIGTERM right after it); saving twice is an error.
         if manager.latest_step() != step:
-            checkpoints.save(manager, step, state, checkpoint_metadata, force=True)
-        manager.wait_until_finished()
+            save(step, force=True)
+        saving(manager.wait_until_finished)
+
+    def stopped(stop: errors.TrainingStopped) -> errors.TrainingStopped:
+        """The stop's message, completed once the saves in flight are written: the last complete step."""
+        saving(manager.wait_until_finished)
+        complete = manager.latest_step()
+        where = (f'the last complete checkpoint is step {complete} in {checkpoints.checkpoint_dir(workdir)}; '
+                 f'rerunning resumes from it' if complete is not None else 'no checkpoint was written')
+        return type(stop)(f'{stop}; training stopped ({where}). Lower config.learning_rate or set '
+                          f'config.grad_clip_norm.')
 
     pending, last_record = [], None
     compile_note = {}  # how the run's first call got its step; goes into the run's first metrics record
@@ -263,77 +356,87 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     run_start, run_start_step = time.time(), start_step
     status = 'finished'
     best_top1, evals_without_gain = -1.0, 0
-    with _PreemptionFlag() as preemption:
-        step = start_step
-        while step < setup.total_steps:
-            wait_start = time.time()
-            batch = shard_batch(next(train_iter), mesh)
-            input_wait += time.time() - wait_start
-            if step == start_step:  # the run's first call compiles the step, or loads it from the cache
-                with compilation_cache.CompileEvents() as events:
-                    compile_start = time.time()
-                    state, metrics = p_train_step(state, batch)
-                    compile_seconds = time.time() - compile_start
-                # Process 0's view (it writes the metrics): with a per-host cache, other hosts may have compiled.
-                compile_note = {'compile_seconds': compile_seconds, 'compile_cache_hit': events.cache_hits > 0}
-                logging.info('Train step %s in %.1fs', compilation_cache.describe(events), compile_seconds)
-            else:
-                state, metrics = p_train_step(state, batch)
-            pending.append(metrics)
-            step += 1
-
-            last = step == setup.total_steps
-            if step % config.log_every_steps == 0 or last or step % config.checkpoint_every_steps == 0:
-                records = jax.device_get(pending)
-                check_finite(records, step)
-                now = time.time()
-                elapsed = now - interval_start
-                steps_per_sec = len(records) / max(elapsed, 1e-9)
-                overall_rate = (step - run_start_step) / max(now - run_start, 1e-9)
-                last_record = {
-                    'step': step, 'epoch': step / setup.steps_per_epoch, 'split': 'train',
-                    'loss': float(np.mean([r['loss'] for r in records])),
-                    'top1': float(np.mean([r['top1'] for r in records])),
-                    'top5': float(np.mean([r['top5'] for r in records])),
-                    'learning_rate': float(setup.learning_rate_fn(step - 1)),
-                    'images_per_sec': steps_per_sec * config.batch_size,
-                    'input_wait_fraction': input_wait / max(elapsed, 1e-9),
-                    'eta_seconds': (setup.total_steps - step) / max(overall_rate, 1e-9),
-                    **compile_note,
-                }
-                compile_note = {}
-                writer.write(last_record)
-                logging.info('step %d/%d (epoch %.2f) loss %.4f top1 %.2f%% lr %.5f | %.1f img/s %.2f steps/s | '
-                             'input wait %.0f%% | ETA %s', step, setup.total_steps, last_record['epoch'],
-                             last_record['loss'], 100 * last_record['top1'], last_record['learning_rate'],
-                             last_record['images_per_sec'], steps_per_sec, 100 * last_record['input_wait_fraction'],
-                             format_seconds(last_record['eta_seconds']))
-                pending, interval_start, input_wait = [], time.time(), 0.0
-
-            if step % config.checkpoint_every_steps == 0 and not last:
-                checkpoints.save(manager, step, state, checkpoint_metadata)
-            if preemption.requested or manager.reached_preemption(step):
-                if pending:
-                    check_finite(jax.device_get(pending), step)
-                save_final(step)
-                logging.warning('Preempted: saved the checkpoint at step %d; rerun the same command to resume.',
-                                step)
-                status = 'preempted'
-                break
-            if step % eval_every == 0 and not last:
-                record = run_eval(state, step)
-                if record['top1'] > best_top1:
-                    best_top1, evals_without_gain = record['top1'], 0
+    monitor = DivergenceMonitor(config.divergence_factor)
+    try:
+        with _PreemptionFlag() as preemption:
+            step = start_step
+            while step < setup.total_steps:
+                wait_start = time.time()
+                batch = shard_batch(next(train_iter), mesh)
+                input_wait += time.time() - wait_start
+                if step == start_step:  # the run's first call compiles the step, or loads it from the cache
+                    with compilation_cache.CompileEvents() as events:
+                        compile_start = time.time()
+                        state, metrics = p_train_step(state, batch)
+                        compile_seconds = time.time() - compile_start
+                    # Process 0's view (it writes the metrics): with a per-host cache, other hosts may have compiled.
+                    compile_note = {'compile_seconds': compile_seconds, 'compile_cache_hit': events.cache_hits > 0}
+                    logging.info('Train step %s in %.1fs', compilation_cache.describe(events), compile_seconds)
                 else:
-                    evals_without_gain += 1
-                if 0 < config.early_stopping_patience <= evals_without_gain:
-                    logging.info('Early stopping at step %d: no top-1 gain in %d evaluations (best %.2f%%).',
-                                 step, evals_without_gain, 100 * best_top1)
-                    status = 'early_stopped'
-                    break
+                    state, metrics = p_train_step(state, batch)
+                pending.append(metrics)
+                step += 1
 
-    if status in ('finished', 'early_stopped'):
-        save_final(step)
-        last_record = run_eval(state, step)
+                last = step == setup.total_steps
+                if step % config.log_every_steps == 0 or last or step % config.checkpoint_every_steps == 0:
+                    records = jax.device_get(pending)
+                    monitor.check([r['loss'] for r in records], step - len(records) + 1)
+                    now = time.time()
+                    elapsed = now - interval_start
+                    steps_per_sec = len(records) / max(elapsed, 1e-9)
+                    overall_rate = (step - run_start_step) / max(now - run_start, 1e-9)
+                    last_record = {
+                        'step': step, 'epoch': step / setup.steps_per_epoch, 'split': 'train',
+                        'loss': float(np.mean([r['loss'] for r in records])),
+                        'top1': float(np.mean([r['top1'] for r in records])),
+                        'top5': float(np.mean([r['top5'] for r in records])),
+                        'learning_rate': float(setup.learning_rate_fn(step - 1)),
+                        'images_per_sec': steps_per_sec * config.batch_size,
+                        'input_wait_fraction': input_wait / max(elapsed, 1e-9),
+                        'eta_seconds': (setup.total_steps - step) / max(overall_rate, 1e-9),
+                        **compile_note,
+                    }
+                    compile_note = {}
+                    writer.write(last_record)
+                    logging.info('step %d/%d (epoch %.2f) loss %.4f top1 %.2f%% lr %.5f | %.1f img/s %.2f steps/s | '
+                                 'input wait %.0f%% | ETA %s', step, setup.total_steps, last_record['epoch'],
+                                 last_record['loss'], 100 * last_record['top1'], last_record['learning_rate'],
+                                 last_record['images_per_sec'], steps_per_sec, 100 * last_record['input_wait_fraction'],
+                                 format_seconds(last_record['eta_seconds']))
+                    pending, interval_start, input_wait = [], time.time(), 0.0
+
+                if step % config.checkpoint_every_steps == 0 and not last:
+                    save(step)
+                if preemption.requested or manager.reached_preemption(step):
+                    if pending:
+                        monitor.check([r['loss'] for r in jax.device_get(pending)], step - len(pending) + 1)
+                    save_final(step)
+                    logging.warning('Preempted: saved the checkpoint at step %d; rerun the same command to resume.',
+                                    step)
+                    status = 'preempted'
+                    break
+                if step % eval_every == 0 and not last:
+                    record = run_eval(state, step)
+                    if record['top1'] > best_top1:
+                        best_top1, evals_without_gain = record['top1'], 0
+                    else:
+                        evals_without_gain += 1
+                    if 0 < config.early_stopping_patience <= evals_without_gain:
+                        logging.info('Early stopping at step %d: no top-1 gain in %d evaluations (best %.2f%%).',
+                                     step, evals_without_gain, 100 * best_top1)
+                        status = 'early_stopped'
+                        break
+
+        if status in ('finished', 'early_stopped'):
+            save_final(step)
+            last_record = run_eval(state, step)
+    except errors.TrainingStopped as stop:
+        with contextlib.suppress(Exception):   # the stop's own line is what matters
+            manager.close()
+        raise stopped(stop) from None
+    except BaseException:
+        with contextlib.suppress(Exception):   # a failed background save re-raises here; keep the first error
+            manager.close()
+        raise
     manager.close()
     return dict(last_record or {'step': step}, status=status)

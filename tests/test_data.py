@@ -187,6 +187,22 @@ def test_train_is_infinite_and_reproducible(digits_dir):
     assert not np.array_equal(a[0]['label'], c[0]['label'])
 
 
+@pytest.mark.parametrize('start_step', [1, 3, 5])
+def test_train_from_start_step_is_the_rest_of_the_stream(digits_dir, start_step):
+    """A resumed run sees exactly the batches an uninterrupted one would (epoch boundaries included)."""
+    def batches(start, count):
+        return _take(data.create_train_dataset('digits', global_batch_size=512, image_size=16, data_dir=digits_dir,
+                                               seed=3, start_step=start, process_index=0, process_count=1), count)
+
+    whole = batches(0, max(start_step + 2, 4))
+    resumed = batches(start_step, 2)
+    for x, y in zip(whole[start_step:start_step + 2], resumed):
+        np.testing.assert_array_equal(x['image'], y['image'])
+        np.testing.assert_array_equal(x['label'], y['label'])
+    # Epochs differ in order (1437 examples per epoch: batch 3 is the second epoch's).
+    assert not np.array_equal(whole[0]['label'], whole[3]['label'])
+
+
 def test_train_without_augmentation_keeps_pixels(digits_dir):
     ds = data.create_train_dataset(
         'digits',

@@ -238,6 +238,20 @@ def _check_image_args(image_size: int, normalization: str) -> None:
         )
 
 
+def _epoch_seed(seed: int, epoch: tf.Tensor) -> tf.Tensor:
+    """A distinct int64 seed per (seed, epoch): `seed` is a 32-bit value from `_process_seeds`."""
+    return tf.constant(seed, tf.int64) + tf.cast(epoch, tf.int64) * (2 ** 32)
+
+
+def _examples_in_epoch(ds: tf.data.Dataset, builder: tfds.core.DatasetBuilder, split) -> int:
+    """How many examples one pass over this process's share holds: TFDS' cardinality, else a count."""
+    cardinality = int(ds.cardinality())
+    if cardinality >= 0:
+        return cardinality
+    logging.warning('%s: no cardinality for %r; counting its examples once.', builder.name, split)
+    return int(ds.reduce(tf.constant(0, tf.int64), lambda count, _: count + 1))
+
+
 def create_train_dataset(
     name: str,
     *,
@@ -247,34 +261,51 @@ def create_train_dataset(
     augment: bool = True,
     normalization: str = 'inception',
     seed: int = 0,
+    start_step: int = 0,
     shuffle_buffer: Optional[int] = None,
     process_index: Optional[int] = None,
     process_count: Optional[int] = None,
     split: Optional[str] = None,
 ) -> tf.data.Dataset:
-    """Infinite, shuffled, augmented batches of this process's training share.
+    """Infinite, shuffled, augmented batches of this process's training share, from batch `start_step` on.
 
     `split` defaults to the dataset's train split; a slice such as 'train[:80%]' holds out the rest.
 
     Yields {'image': float32 [B, image_size, image_size, 3], 'label': int32 [B]}
-    with B = global_batch_size // process_count. Reproducible for a given
-    `seed`: every example carries its own stateless augmentation seed.
+    with B = global_batch_size // process_count.
+
+    The stream is a function of `seed` alone, so a resumed run sees exactly the batches an uninterrupted
+    one would: epoch e is the share shuffled with a seed drawn from (seed, e), each example's stateless
+    augmentation seed is (seed, e, its position in the epoch), and batches run on across epoch
+    boundaries; `start_step` skips the first `start_step` batches by jumping to their epoch and skipping
+    the rest of the way on undecoded records. Files are read in order (a per-epoch file order could not
+    be replayed); TFDS writes its records shuffled, and the buffer reshuffles them every epoch.
     """
     info = get_dataset_info(name)
     _check_image_args(image_size, normalization)
+    if start_step < 0:
+        raise ValueError(f'start_step must be >= 0, got {start_step}.')
     process_index, process_count = _process_layout(process_index, process_count)
     batch_size = _per_process_batch_size(global_batch_size, process_count)
-    file_seed, shuffle_seed, augment_seed = _process_seeds(seed, process_index, 3)
+    _, shuffle_seed, augment_seed = _process_seeds(seed, process_index, 3)
 
     builder = _builder(name, data_dir)
     split = tfds.split_for_jax_process(
         split or info.train_split, process_index=process_index, process_count=process_count
     )
-    ds = _read(info, builder, split, shuffle_files=True, seed=file_seed)
-    ds = ds.repeat()
-    ds = ds.shuffle(shuffle_buffer or max(_DEFAULT_SHUFFLE_BUFFER, 16 * batch_size), seed=shuffle_seed)
-    example_seeds = tf.data.Dataset.random(seed=augment_seed).batch(2)
-    ds = tf.data.Dataset.zip((ds, example_seeds))
+    examples = _read(info, builder, split, shuffle_files=False, seed=None)
+    epoch_size = _examples_in_epoch(examples, builder, split)
+    if epoch_size < 1:
+        raise DatasetNotPreparedError(f'{name}: the training split {split!r} of this process is empty.')
+    buffer = shuffle_buffer or max(_DEFAULT_SHUFFLE_BUFFER, 16 * batch_size)
+
+    def epoch(index):
+        shuffled = examples.shuffle(buffer, seed=_epoch_seed(shuffle_seed, index), reshuffle_each_iteration=False)
+        augment_seeds = _epoch_seed(augment_seed, index)
+        return shuffled.enumerate().map(lambda position, example: (example, tf.stack([augment_seeds, position])))
+
+    first_epoch, offset = divmod(start_step * batch_size, epoch_size)
+    ds = tf.data.Dataset.range(first_epoch, 2 ** 62).flat_map(epoch).skip(offset)
     ds = ds.map(_train_preprocess_fn(info, image_size, augment, normalization), num_parallel_calls=AUTOTUNE)
     ds = ds.batch(batch_size, drop_remainder=True)
     return ds.prefetch(AUTOTUNE)
