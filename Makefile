@@ -3,7 +3,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: quickstart test install clean
+.PHONY: quickstart test test-fast install clean
 
 # Create the virtualenv when missing and (re)install when requirements change.
 $(STAMP): requirements.txt pyproject.toml
@@ -24,6 +24,10 @@ quickstart: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest tests
+
+# The quick tier: everything but the tests marked slow (end-to-end CLI runs, whole-model compiles).
+test-fast: $(STAMP)
+	$(PY) -m pytest tests -m "not slow"
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache

@@ -162,22 +162,30 @@ def test_damaged_latest_checkpoint_is_set_aside_and_the_previous_one_resumes(tmp
     assert _steps(workdir)[-1] == 6
 
 
-def test_sigkill_during_training_resumes_from_the_last_complete_checkpoint(tmp_path, data_dir, cache_dir):
-    workdir = str(tmp_path / 'work')
-    run = _Run(_cli('train.py', workdir, data_dir, '--config.num_train_steps=100000',
-                    '--config.checkpoint_every_steps=2'), cache_dir)
+def test_sigkill_resumes_from_the_last_complete_checkpoint_and_loads_its_compiled_step(tmp_path, data_dir):
+    """SIGKILL mid-run (a save may be half written): the restart resumes from the last complete step and
+    loads its train step from the persistent compilation cache the first run wrote."""
+    workdir, cache = str(tmp_path / 'work'), str(tmp_path / 'xla_cache')
+    command = _cli('train.py', workdir, data_dir, '--config.num_train_steps=100000', '--config.checkpoint_every_steps=2',
+                   f'--compilation_cache_dir={cache}')
+    run = _Run(command)
+    assert f'(persistent cache: {cache})' in run.wait_for('Train step compiled')
     run.wait_for('step 5/')     # saves of steps 2 and 4 were started; the one of 4 may still be writing
     run.proc.kill()
     run.finish()
     resumable = _steps(workdir)[-1]
     assert resumable in (2, 4)
-    run = _Run(_cli('train.py', workdir, data_dir, '--config.num_train_steps=100000',
-                    '--config.checkpoint_every_steps=2'), cache_dir)
-    line = run.wait_for('Resumed from the checkpoint at step')
-    run.wait_for(f'step {resumable + 1}/')
+    run = _Run(command)
+    assert f'step {resumable} in' in run.wait_for('Resumed from the checkpoint at step')
+    assert 'Train step loaded from the persistent compilation cache' in run.wait_for('Train step ')
+    run.wait_for(f'step {resumable + 2}/')
     run.proc.send_signal(signal.SIGTERM)
     status, output = run.finish()
-    assert status == 0 and f'step {resumable}' in line, output[-3000:]
+    assert status == 0, output[-3000:]
+    with open(os.path.join(workdir, 'metrics.jsonl')) as f:
+        firsts = [json.loads(line) for line in f if 'compile_seconds' in line]
+    assert [r['compile_cache_hit'] for r in firsts] == [False, True]
+    assert [r['step'] for r in firsts] == [1, resumable + 1]
 
 
 # ---------------------------------------------------------------------------------------------------
