@@ -8,4 +8,18 @@ from mobilenets_jax.models import (MODELS, abstract_variables, check_image_size,
 
 __version__ = '0.1.0'
 __all__ = ['abstract_variables', 'init_variables', 'create_model', 'list_models', 'get_spec', 'check_image_size',
-           'MODELS', '__version__']
+           'load_pretrained', 'MODELS', '__version__']
+
+
+def load_pretrained(path: str, source: str = 'keras', *, model: str, alpha: float = 1.0, **options):
+    """Reads a released weight file; returns `(module, {'params', 'batch_stats'})`.
+
+    The module is built with the options the source trained with (Keras: BatchNorm epsilon 1e-3, ReLU6 in
+    MobileNet V1, TF SAME padding); `options` go to `create_model` and override them (e.g. `dtype`). The
+    classifier width is the file's. A file that does not fit raises ValueError naming the first layer that
+    differs, both shapes and what probably differs. Inputs: see `mobilenets_jax.weights.load(...).normalization`
+    (Keras: [-1, 1], our 'inception' normalization).
+    """
+    from mobilenets_jax import weights
+    converted = weights.load(path, source=source, model=model, alpha=alpha, **options)
+    return converted.model, converted.variables
