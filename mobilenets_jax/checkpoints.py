@@ -415,3 +415,28 @@ def load_variables(manager: ocp.CheckpointManager, step: int, expected: dict, me
     if weights == 'ema':
         raise _no_ema_error(manager, step, 'it was trained with config.ema_decay=0')
     return _inference_pair(manager, step, expected, mesh, ema=False), 'raw'
+
+
+# ----------------------------------------------------------------------------------------------
+# Converted (pretrained) weights: one step that eval.py reads like a training run's
+# ----------------------------------------------------------------------------------------------
+
+def save_converted(workdir: str, variables: dict, metadata: CheckpointMetadata, step: int = 0) -> str:
+    """Writes converted `{'params', 'batch_stats'}` as `step` of `<workdir>/checkpoints`; returns that directory.
+
+    Only the inference weights are written (no optimizer state, no EMA: `metadata.has_ema` must be False),
+    which is all `evaluation.evaluate_checkpoint` restores. An existing step is refused, not overwritten.
+    """
+    if metadata.has_ema:
+        raise ValueError('converted weights have no EMA twin: save them with has_ema=False')
+    manager = create_manager(workdir, keep=1, async_save=False)
+    try:
+        if step in manager.all_steps():
+            raise ValueError(f'{checkpoint_dir(workdir)} already holds step {step}; choose an empty --workdir')
+        state = {'step': np.asarray(step, np.int32), 'params': variables['params'],
+                 'batch_stats': variables.get('batch_stats', {})}
+        save(manager, step, state, metadata, force=True)
+        manager.wait_until_finished()
+    finally:
+        manager.close()
+    return checkpoint_dir(workdir)

@@ -110,3 +110,150 @@ def test_keras_logits_match(keras_files, model_name, alpha):
     error = float(np.max(np.abs(ours - expected)))
     assert error <= 1e-4 * float(np.max(np.abs(expected))), (model_name, alpha, error)
     np.testing.assert_array_equal(ours.argmax(-1), expected.argmax(-1))
+
+
+def _rewrite(source: str, target: str, *, drop_last: int = 0, extra_layer: bool = False,
+             rename=lambda name: name) -> None:
+    """A copy of a Keras 2 layout file with layers dropped, one appended, or every layer renamed."""
+    with h5py.File(source, 'r') as old, h5py.File(target, 'w') as new:
+        names = [keras_weights._decode(n) for n in old.attrs["layer_names"]]
+        with_weights = [n for n in names if len(old[n].attrs['weight_names'])]
+        dropped = set(with_weights[len(with_weights) - drop_last:]) if drop_last else set()
+        kept = [n for n in names if n not in dropped]
+        new.attrs['layer_names'] = [rename(n).encode() for n in kept] + ([b'extra_dense'] if extra_layer else [])
+        for name in kept:
+            group = new.create_group(rename(name))
+            weight_names = [keras_weights._decode(w) for w in old[name].attrs["weight_names"]]
+            renamed = [rename(name) + w[len(name):] for w in weight_names]
+            group.attrs['weight_names'] = [w.encode() for w in renamed]
+            for old_name, new_name in zip(weight_names, renamed):
+                group.create_dataset(new_name, data=old[name][old_name][()])
+        if extra_layer:
+            group = new.create_group('extra_dense')
+            group.attrs['weight_names'] = [b'extra_dense/kernel:0', b'extra_dense/bias:0']
+            group.create_dataset('extra_dense/kernel:0', data=np.zeros((1000, 5), np.float32))
+            group.create_dataset('extra_dense/bias:0', data=np.zeros((5,), np.float32))
+
+
+@pytest.fixture(scope='module')
+def small_v2_file(tmp_path_factory):
+    """A Keras MobileNetV2 α 0.35 file in the released layout, and the Keras model it came from."""
+    model = _keras_application('mobilenet_v2', 0.35, image_size=32)
+    _randomize(model, seed=7)
+    path = str(tmp_path_factory.mktemp('keras_v2') / 'v2_035.h5')
+    write_keras2_h5(model, path)
+    return path, model
+
+
+def _leaves(variables):
+    return {jax.tree_util.keystr(k): np.asarray(v) for k, v in jax.tree_util.tree_leaves_with_path(variables)}
+
+
+def test_layers_are_paired_by_order_not_name(small_v2_file, tmp_path):
+    """The released V3 files and Keras 3 name layers differently; Keras loads by order, and so do we."""
+    path, _ = small_v2_file
+    renamed = str(tmp_path / 'renamed.h5')
+    _rewrite(path, renamed, rename=lambda name: f'other_name_{name}')
+    _, expected = mj.load_pretrained(path, model='mobilenet_v2', alpha=0.35)
+    _, loaded = mj.load_pretrained(renamed, model='mobilenet_v2', alpha=0.35)
+    np.testing.assert_equal(_leaves(loaded), _leaves(expected))
+
+
+def test_keras3_legacy_writer_loads_the_same(small_v2_file, tmp_path):
+    """Keras 3's own legacy-HDF5 writer (weight names without ':0', depthwise weight 'kernel') reads the same."""
+    from keras.src.legacy.saving import legacy_h5_format
+    path, model = small_v2_file
+    keras3 = str(tmp_path / 'keras3.h5')
+    with h5py.File(keras3, 'w') as handle:
+        legacy_h5_format.save_weights_to_hdf5_group(handle, model)
+    _, expected = mj.load_pretrained(path, model='mobilenet_v2', alpha=0.35)
+    _, loaded = mj.load_pretrained(keras3, model='mobilenet_v2', alpha=0.35)
+    np.testing.assert_equal(_leaves(loaded), _leaves(expected))
+
+
+def test_wrong_alpha_names_the_layer_both_shapes_and_the_alpha(small_v2_file):
+    path, _ = small_v2_file
+    with pytest.raises(ValueError) as error:
+        mj.load_pretrained(path, model='mobilenet_v2', alpha=0.5)
+    message = str(error.value)
+    # The stems agree (16 filters at both α); the first layer that differs, Keras' block_1 being our block_2:
+    assert "'block_1_project'" in message and 'our block_2/project' in message
+    assert 'the file has (1, 1, 48, 8), we expect (1, 1, 48, 16)' in message
+    assert 'probably the alpha differs' in message and 'model=mobilenet_v2 alpha=0.35' in message
+
+
+def test_wrong_model_says_the_model_differs(small_v2_file):
+    path, _ = small_v2_file
+    with pytest.raises(ValueError, match=r'probably the model differs: .*model=mobilenet_v2 alpha=0.35'):
+        mj.load_pretrained(path, model='mobilenet_v1', alpha=0.35)
+
+
+def test_missing_and_unused_weights_are_listed(small_v2_file, tmp_path):
+    path, _ = small_v2_file
+    extra, truncated = str(tmp_path / 'extra.h5'), str(tmp_path / 'truncated.h5')
+    _rewrite(path, extra, extra_layer=True)
+    _rewrite(path, truncated, drop_last=3)   # no classifier and no last BatchNorm/conv: an include_top=False file
+    with pytest.raises(ValueError, match=r"unused weights in the file: layer \d+ 'extra_dense' \(kernel \(1000, 5\)"):
+        mj.load_pretrained(extra, model='mobilenet_v2', alpha=0.35, num_classes=1000)
+    with pytest.raises(ValueError, match=r'not a classifier'):
+        mj.load_pretrained(truncated, model='mobilenet_v2', alpha=0.35)
+    with pytest.raises(ValueError, match=r'weights missing from the file: last_conv .*; last_bn .*; classifier'):
+        mj.load_pretrained(truncated, model='mobilenet_v2', alpha=0.35, num_classes=1000)
+
+
+def test_unsupported_sources_and_models_are_refused(small_v2_file):
+    path, _ = small_v2_file
+    with pytest.raises(ValueError, match='not supported yet'):
+        mj.load_pretrained(path, source='torchvision', model='mobilenet_v2')
+    with pytest.raises(ValueError, match='Keras applications release weights for'):
+        mj.load_pretrained(path, model='shufflenet_v2')
+
+
+@pytest.mark.slow
+def test_convert_then_eval_round_trip(tmp_path):
+    """convert.py writes a checkpoint and config.py that eval evaluates with the converted weights as they are."""
+    import importlib.util
+    import os
+    import subprocess
+    import sys
+
+    from mobilenets_jax import checkpoints, evaluation, steps
+    model = _keras_application('mobilenet_v1', 0.25, image_size=32)   # digits images are 32x32 at rho 1
+    model = _keras_classes(model, 'mobilenet_v1', 0.25, classes=10)
+    _randomize(model, seed=3)
+    weights_file, workdir = str(tmp_path / 'v1.h5'), str(tmp_path / 'converted')
+    write_keras2_h5(model, weights_file)
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    command = [sys.executable, os.path.join(repo, 'convert.py'), '--source=keras', '--model=mobilenet_v1',
+               '--alpha=0.25', f'--weights={weights_file}', f'--workdir={workdir}', '--dataset=digits']
+    done = subprocess.run(command, capture_output=True, text=True, cwd=repo, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip().splitlines()[-1] == (f'python eval.py --config={workdir}/config.py '
+                                                    f'--workdir={workdir}')
+    again = subprocess.run(command, capture_output=True, text=True, cwd=repo, timeout=300)
+    assert again.returncode == 2 and 'already holds step 0' in again.stderr   # never overwritten
+
+    spec = importlib.util.spec_from_file_location('converted_config', os.path.join(workdir, 'config.py'))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    config = module.get_config()
+    assert config.model.options.activation == 'relu6' and config.model.bn_epsilon == 1e-3
+    assert config.normalization == 'inception'
+    config.data_dir, config.batch_size = str(tmp_path / 'tfds'), 40
+    manager = checkpoints.open_checkpoints(workdir)
+    assert checkpoints.read_metadata(manager, 0).normalization == 'inception'
+    _, expected = mj.load_pretrained(weights_file, model='mobilenet_v1', alpha=0.25)
+    loaded, chosen = checkpoints.load_variables(manager, 0, expected, steps.create_mesh())
+    manager.close()
+    assert chosen == 'raw'
+    np.testing.assert_equal(_leaves(loaded), _leaves(expected))
+    record = evaluation.evaluate_checkpoint(config, workdir)
+    assert record['num_examples'] == 360 and record['model'] == 'mobilenet_v1' and record['weights'] == 'raw'
+
+
+def _keras_classes(model, model_name: str, alpha: float, classes: int):
+    """The same Keras application with another classifier width."""
+    import keras
+    build = getattr(keras.applications, keras_weights.KERAS_NAMES[model_name])
+    return build(weights=None, input_shape=model.input_shape[1:], alpha=alpha, classes=classes,
+                 classifier_activation=None)

@@ -15,6 +15,13 @@ SOURCES = {'keras': keras.load}
 PLANNED_SOURCES = {'torchvision': 'torchvision .pth state dicts', 'timm': 'timm model.safetensors files'}
 
 
+def build_options(source: str, model: str) -> dict:
+    """The `create_model` options the source's weights were trained with (what `load` builds with)."""
+    if source != 'keras':
+        raise ValueError(f'unknown source {source!r}; supported sources: {", ".join(SOURCES)}')
+    return dict(keras.BUILD_OPTIONS[model])
+
+
 def load(path: str, *, source: str = 'keras', model: str, alpha: float = 1.0, **options: Any) -> Converted:
     """Reads a released weight file of `source`; see `mobilenets_jax.load_pretrained`."""
     if source in PLANNED_SOURCES:
@@ -25,4 +32,4 @@ def load(path: str, *, source: str = 'keras', model: str, alpha: float = 1.0, **
     return SOURCES[source](path, model=model, alpha=alpha, **options)
 
 
-__all__ = ['Converted', 'SOURCES', 'load']
+__all__ = ['Converted', 'SOURCES', 'build_options', 'load']

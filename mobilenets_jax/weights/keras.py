@@ -248,13 +248,22 @@ def _all_fit(layers, file_layers: list[FileLayer]) -> bool:
     return len(layers) == len(file_layers) and all(_layer_fits(o, t) is None for o, t in zip(layers, file_layers))
 
 
+@functools.lru_cache(maxsize=None)
+def _layer_count(model_name: str) -> int:
+    """How many layers with weights the model has (the same at every α)."""
+    return len(_released_layers(model_name, 1.0, 1000))
+
+
 def guess_model(file_layers: list[FileLayer]) -> list[tuple[str, float]]:
-    """The Keras (model, α) pairs whose released layout the file has (used in the error path only)."""
+    """The Keras (model, α) pairs whose released layout the file has (used in the error path only).
+
+    The layer count picks the model, then each released α of it is tried.
+    """
     num_classes = _num_classes(file_layers)
     if num_classes is None:
         return []
-    return [(name, alpha) for name, alphas in RELEASED_ALPHAS.items() for alpha in alphas
-            if _all_fit(_released_layers(name, alpha, num_classes), file_layers)]
+    return [(name, alpha) for name, alphas in RELEASED_ALPHAS.items() if _layer_count(name) == len(file_layers)
+            for alpha in alphas if _all_fit(_released_layers(name, alpha, num_classes), file_layers)]
 
 
 def _why(model_name: str, alpha: float, file_layers: list[FileLayer]) -> str:
