@@ -19,16 +19,19 @@ from mobilenets_jax.weights import keras as keras_weights
 # The images are even-sized at every stride-2 layer: Keras' V1 pads ((0, 1), (0, 1)), TF SAME only there.
 IMAGE_SIZE = 64
 BATCH = 3
-KERAS_CASES = ([('mobilenet_v1', a) for a in (0.25, 0.5, 0.75, 1.0)]
-               + [('mobilenet_v2', a) for a in (0.35, 0.5, 0.75, 1.0, 1.3, 1.4)]
-               + [(m, a) for m in ('mobilenet_v3_large', 'mobilenet_v3_small') for a in (0.75, 1.0)])
+# (model, α, V3's include_preprocessing): every released Keras file, and V3 built without its Rescaling layer.
+KERAS_CASES = ([('mobilenet_v1', a, None) for a in (0.25, 0.5, 0.75, 1.0)]
+               + [('mobilenet_v2', a, None) for a in (0.35, 0.5, 0.75, 1.0, 1.3, 1.4)]
+               + [(m, a, True) for m in ('mobilenet_v3_large', 'mobilenet_v3_small') for a in (0.75, 1.0)]
+               + [('mobilenet_v3_small', 1.0, False)])
 
 
-def _keras_application(model_name: str, alpha: float, image_size: int = IMAGE_SIZE):
-    """The Keras application as released (V3 with its Rescaling layer), logits out, weights=None."""
+def _keras_application(model_name: str, alpha: float, image_size: int = IMAGE_SIZE,
+                       include_preprocessing: bool = True):
+    """The Keras application as released (V3 with its Rescaling layer by default), logits out, weights=None."""
     import keras
     build = getattr(keras.applications, keras_weights.KERAS_NAMES[model_name])
-    options = dict(include_preprocessing=True) if model_name.startswith('mobilenet_v3') else {}
+    options = dict(include_preprocessing=include_preprocessing) if model_name.startswith('mobilenet_v3') else {}
     return build(weights=None, input_shape=(image_size, image_size, 3), alpha=alpha, classes=1000,
                  classifier_activation=None, **options)
 
@@ -74,12 +77,14 @@ def _images(seed: int, image_size: int = IMAGE_SIZE) -> np.ndarray:
     return np.random.default_rng(seed).uniform(0, 255, (BATCH, image_size, image_size, 3)).astype(np.float32)
 
 
-def _keras_logits(model, model_name: str, pixels: np.ndarray) -> np.ndarray:
-    inputs = pixels if model_name.startswith('mobilenet_v3') else pixels / 127.5 - 1.0
+def _keras_logits(model, takes_pixels: bool, pixels: np.ndarray) -> np.ndarray:
+    """V3 with its Rescaling layer takes [0, 255]; V1, V2 (after preprocess_input) and V3 without it [-1, 1]."""
+    inputs = pixels if takes_pixels else pixels / 127.5 - 1.0
     return np.asarray(model(inputs, training=False))
 
 
 def _our_logits(module, variables, pixels: np.ndarray) -> np.ndarray:
+    """Our logits on pixels / 127.5 - 1 (the 'inception' normalization Keras' weights expect)."""
     return np.asarray(jax.jit(lambda v, x: module.apply(v, x, train=False))(variables, pixels / 127.5 - 1.0))
 
 
@@ -88,23 +93,27 @@ def keras_files(tmp_path_factory):
     """Writes each case's file once: (path, Keras logits, pixels) by case."""
     cache = {}
 
-    def get(model_name, alpha):
-        if (model_name, alpha) not in cache:
-            model = _keras_application(model_name, alpha)
+    def get(model_name, alpha, include_preprocessing):
+        key = (model_name, alpha, include_preprocessing)
+        if key not in cache:
+            model = _keras_application(model_name, alpha, include_preprocessing=bool(include_preprocessing))
             _randomize(model, seed=len(cache))
             path = str(tmp_path_factory.mktemp('keras') / f'{model_name}_{alpha}.h5')
             write_keras2_h5(model, path)
             pixels = _images(seed=len(cache))
-            cache[model_name, alpha] = (path, _keras_logits(model, model_name, pixels), pixels)
-        return cache[model_name, alpha]
+            cache[key] = (path, _keras_logits(model, bool(include_preprocessing), pixels), pixels)
+        return cache[key]
     return get
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize('model_name,alpha', KERAS_CASES)
-def test_keras_logits_match(keras_files, model_name, alpha):
-    path, expected, pixels = keras_files(model_name, alpha)
-    module, variables = mj.load_pretrained(path, source='keras', model=model_name, alpha=alpha)
+@pytest.mark.parametrize('model_name,alpha,include_preprocessing', KERAS_CASES)
+def test_keras_logits_match(keras_files, model_name, alpha, include_preprocessing):
+    path, expected, pixels = keras_files(model_name, alpha, include_preprocessing)
+    # XLA's depthwise convolution compiles faster than the CPU default's shifted taps (same numbers:
+    # tests/test_depthwise.py); compiling is most of this test's time.
+    module, variables = mj.load_pretrained(path, source='keras', model=model_name, alpha=alpha,
+                                           depthwise_impl='xla')
     assert module.num_classes == 1000
     ours = _our_logits(module, variables, pixels)
     error = float(np.max(np.abs(ours - expected)))
@@ -218,6 +227,7 @@ def test_convert_then_eval_round_trip(tmp_path):
     import sys
 
     from mobilenets_jax import checkpoints, evaluation, steps
+    from mobilenets_jax.weights import to_workdir
     model = _keras_application('mobilenet_v1', 0.25, image_size=32)   # digits images are 32x32 at rho 1
     model = _keras_classes(model, 'mobilenet_v1', 0.25, classes=10)
     _randomize(model, seed=3)
@@ -230,8 +240,9 @@ def test_convert_then_eval_round_trip(tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip().splitlines()[-1] == (f'python eval.py --config={workdir}/config.py '
                                                     f'--workdir={workdir}')
-    again = subprocess.run(command, capture_output=True, text=True, cwd=repo, timeout=300)
-    assert again.returncode == 2 and 'already holds step 0' in again.stderr   # never overwritten
+    with pytest.raises(ValueError, match='already holds step 0'):   # never overwritten
+        to_workdir.convert_to_workdir(weights_file, workdir, source='keras', model='mobilenet_v1', alpha=0.25,
+                                      dataset='digits')
 
     spec = importlib.util.spec_from_file_location('converted_config', os.path.join(workdir, 'config.py'))
     module = importlib.util.module_from_spec(spec)
