@@ -3,7 +3,7 @@
     python flops.py --config=configs/mobilenet_v1_imagenet.py [--config.model.alpha=0.5]
     python flops.py --model=mobilenet_v1 --alphas=1,0.75,0.5,0.25 --resolutions=224,192,160,128
     python flops.py --model=shufflenet_v1 --groups=3 --alphas=0.5,1 --resolutions=224
-    python flops.py --all                      # every model over its published grid (63 configurations)
+    python flops.py --all                      # every model over its published grid (72 configurations)
        [--format=table|json|csv|markdown] [--per_layer] [--measure [--batch_size=N]] [--num_classes=N]
 
 Output fields and how each figure is derived: docs/cost_report.md; the library is `mobilenets_jax.cost`

@@ -324,8 +324,6 @@ def test_bfloat16_blocks_match_float32_and_logits_stay_float32():
     assert all(leaf.dtype == jnp.float32 for leaf in jax.tree.leaves(variables))
 
 
-@pytest.mark.xfail(strict=True, reason='models/init.py draws leaves it does not know as zeros; at gamma = 0 the '
-                   "hybrids' strided UIBs output zeros and train.py cannot train them: init.py needs a gamma rule")
 def test_init_variables_starts_layer_scale_at_its_initial_value():
     model = MINI(layer_scale_init=m4.LAYER_SCALE_INIT)
     params = mj.init_variables(model, seed=0, input_shape=(1, 32, 32, 3))['params']

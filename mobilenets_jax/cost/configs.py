@@ -62,7 +62,8 @@ def all_configs(num_classes: Optional[int] = None, *, include_cifar: bool = Fals
 
     MobileNetV1 4 α × 4 resolutions, its conv and shallow baselines, MobileNetV2 6 multipliers × 5
     resolutions, MobileNetV3 Large/Small at 1.0 and 0.75, ShuffleNet V1 g = 1, 2, 3, 4, 8 at 1× and
-    g = 3 at 0.5× and 0.25×, ShuffleNet V2 0.5×-2×: 63 configurations, a superset of every point of
+    g = 3 at 0.5× and 0.25×, ShuffleNet V2 0.5×-2×, MobileNetV4 (timm's α variants at each recipe's
+    resolution): 72 configurations, a superset of every point of
     `published.PUBLISHED_MACS`. ``include_cifar`` adds the CIFAR study's 6 α × 6 resolution grids.
     """
     configs = []

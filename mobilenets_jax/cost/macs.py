@@ -1,6 +1,6 @@
 """Mult-adds from layer shapes: the papers' "mult-adds", recorded while the network is traced.
 
-Every convolution and dense layer is recorded by Flax method interception while `jax.eval_shape`
+Every convolution and dense layer (and MobileNetV4's attention products) is recorded by Flax method interception while `jax.eval_shape`
 traces the model on an abstract input (nothing is compiled): ``out_h · out_w · k · k · (c_in / groups)
 · c_out`` per convolution, ``in · out`` per dense layer. BatchNorm, activations, pooling, residual
 additions and biases are not counted, as in the papers' tables.
@@ -17,7 +17,7 @@ import numpy as np
 
 from mobilenets_jax import ops
 from mobilenets_jax.cost import xla
-from mobilenets_jax.models import layers
+from mobilenets_jax.models import layers, mobilenet_v4
 
 
 def _module_attributes(module: nn.Module) -> dict:
@@ -32,6 +32,12 @@ class LayerRecorder:
 
     def __call__(self, next_fun, args, kwargs, context):
         module = context.module
+        if context.method_name == '__call__' and isinstance(module, mobilenet_v4.MultiQueryAttention):
+            outputs = next_fun(*args, **kwargs)   # its projections are recorded as the convs they are
+            self.records.append(dict(module_type=type(module), path='/'.join(str(p) for p in module.path),
+                                     attributes=_module_attributes(module), input_shape=tuple(args[0].shape),
+                                     input_dtype=jnp.dtype(args[0].dtype), output_shape=tuple(outputs.shape)))
+            return outputs
         if context.method_name != '__call__' or not isinstance(
                 module, (layers.Conv2D, layers.DepthwiseConv2D, nn.Conv, nn.Dense)):
             return next_fun(*args, **kwargs)
@@ -49,6 +55,12 @@ def layer_row(record: dict) -> dict:
     """The `layer_costs` row of one `LayerRecorder` record."""
     module_type, attrs = record['module_type'], record['attributes']
     in_shape, out_shape = record['input_shape'], record['output_shape']
+    if issubclass(module_type, mobilenet_v4.MultiQueryAttention):
+        # The two attention products (queries·keys, weights·values): activations times activations.
+        macs = mobilenet_v4.attention_mult_adds(in_shape[1], in_shape[2], attrs['num_heads'], attrs['key_dim'],
+                                                attrs['value_dim'], attrs['kv_strides'], batch=in_shape[0])
+        return dict(name=record['path'] + '/attention', kind='attention', kernel=None, groups=None, strides=None,
+                    pads=None, input_shape=in_shape, output_shape=out_shape, params=0, macs=int(macs))
     batch, cin, cout = in_shape[0], in_shape[-1], out_shape[-1]
     positions = int(np.prod(out_shape[1:-1], dtype=np.int64))   # output pixels (1 for a dense layer on (N, C))
     strides = pads = None
@@ -82,8 +94,28 @@ def layer_row(record: dict) -> dict:
                 input_shape=in_shape, output_shape=out_shape, params=int(params), macs=int(macs))
 
 
+def _attention_cost(record: dict, fast_compile: bool = True) -> dict:
+    """XLA's cost analysis of the attention products alone (the projections are rows of their own)."""
+    attrs, (batch, height, width, _) = record['attributes'], record['input_shape']
+    keys = -(-height // attrs['kv_strides']) * -(-width // attrs['kv_strides'])
+    dtype = record['input_dtype']
+    query = jax.ShapeDtypeStruct((batch, height * width, attrs['num_heads'], attrs['key_dim']), dtype)
+    key = jax.ShapeDtypeStruct((batch, keys, attrs['key_dim']), dtype)
+    value = jax.ShapeDtypeStruct((batch, keys, attrs['value_dim']), dtype)
+
+    def attention(q, k, v):
+        weights = jax.nn.softmax(jnp.einsum('blhk,bpk->blhp', q, k), axis=-1)
+        return jnp.einsum('blhp,bpv->blhv', weights, v)
+
+    cost = xla.compiled_cost(attention, query, key, value,
+                             compiler_options=xla.counting_options('inference', fast_compile))
+    return {'flops': cost['flops'], 'bytes': cost['bytes accessed']}
+
+
 def _standalone_layer_cost(record: dict, fast_compile: bool = True) -> dict:
     """XLA's cost analysis of one layer compiled on its own (abstract variables and input)."""
+    if issubclass(record['module_type'], mobilenet_v4.MultiQueryAttention):
+        return _attention_cost(record, fast_compile)
     module = record['module_type'](**record['attributes'])
     x = jax.ShapeDtypeStruct(record['input_shape'], record['input_dtype'])
     variables = jax.eval_shape(lambda: module.init(jax.random.key(0), jnp.zeros(x.shape, x.dtype)))
@@ -112,8 +144,8 @@ def image_shape(image_size, batch: int) -> tuple:
 def layer_costs(model: nn.Module, image_size, batch: int = 1, *, xla: bool = False) -> list[dict]:
     """One row per convolution and dense layer of `model`, in execution order.
 
-    Each row holds ``name`` (the Flax module path), ``kind`` ('conv', 'depthwise', 'group_conv' or
-    'dense'), ``kernel`` (spatial kernel size; None for dense), ``groups``, ``strides`` and ``pads``
+    Each row holds ``name`` (the Flax module path), ``kind`` ('conv', 'depthwise', 'group_conv',
+    'dense', or 'attention': Mobile MQA's two attention products, activations times activations), ``kernel`` (spatial kernel size; None for dense), ``groups``, ``strides`` and ``pads``
     (the explicit ((top, bottom), (left, right)) padding; both None for dense layers and bare
     `nn.Conv`s), ``input_shape``, ``output_shape``,
     ``params`` (kernel + bias) and ``macs``, derived from the layer SHAPES:

@@ -6,7 +6,7 @@ hashing), longer than a training step. `init_variables` instead reads the variab
 `jax.eval_shape` (no compilation) and draws every value on the host with NumPy, using the same
 schemes as the modules' own initializers: He (fan-out) truncated normal for conv kernels, LeCun
 truncated normal for dense kernels, zeros for biases and BatchNorm means, ones for BatchNorm scales
-and variances. The result is deterministic in `seed` and identical on every host.
+and variances, MobileNetV4's layer scale at its 1e-5. The result is deterministic in `seed` and identical on every host.
 """
 from __future__ import annotations
 
@@ -15,6 +15,8 @@ from typing import Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from mobilenets_jax.models.mobilenet_v4 import LAYER_SCALE_INIT
 
 
 def _truncated_normal(rng: np.random.Generator, shape, std: float) -> np.ndarray:
@@ -38,6 +40,8 @@ def _leaf_value(rng: np.random.Generator, path: str, leaf) -> np.ndarray:
         value = _truncated_normal(rng, shape, np.sqrt(1.0 / shape[0]))
     elif name in ('scale', 'var'):
         value = np.ones(shape)
+    elif name == 'gamma':                          # MobileNetV4's layer scale: small, never 0 (a dead branch)
+        value = np.full(shape, LAYER_SCALE_INIT)
     else:                                          # bias, BatchNorm bias and mean
         value = np.zeros(shape)
     return value.astype(leaf.dtype)
