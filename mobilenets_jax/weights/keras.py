@@ -239,7 +239,7 @@ def _set(tree: dict, path: tuple, values: dict) -> None:
     tree.update(values)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _released_layers(model_name: str, alpha: float, num_classes: int) -> tuple:
     return tuple(_model_layers(model_name, alpha, num_classes, {})[1])
 
@@ -248,7 +248,7 @@ def _all_fit(layers, file_layers: list[FileLayer]) -> bool:
     return len(layers) == len(file_layers) and all(_layer_fits(o, t) is None for o, t in zip(layers, file_layers))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _layer_count(model_name: str) -> int:
     """How many layers with weights the model has (the same at every α)."""
     return len(_released_layers(model_name, 1.0, 1000))
@@ -334,8 +334,9 @@ def load(path: str, *, model: str, alpha: float = 1.0, num_classes: Optional[int
     file_classes = _num_classes(file_layers)
     if num_classes is None:
         if file_classes is None:
-            raise ValueError(f'{path}: the last layer with weights ({file_layers[-1].describe() if file_layers else "none"})'
-                             f' is not a classifier: an include_top=False file? {_why(model, alpha, file_layers)}')
+            last = file_layers[-1].describe() if file_layers else 'none'
+            raise ValueError(f'{path}: the last layer with weights ({last}) is not a classifier: an '
+                             f'include_top=False file? {_why(model, alpha, file_layers)}')
         num_classes = file_classes
     module, variables = convert(file_layers, model, float(alpha), num_classes, options, path)
     import jax

@@ -31,7 +31,7 @@ def get_config():
 {model_lines}
     config.dataset = {dataset!r}
     config.normalization = {normalization!r}   # the source's input range
-    config.ema_decay = 0.0                      # converted weights have no EMA twin
+    config.ema_decay = 0.0                     # converted weights have no EMA twin
     return config
 '''
 # create_model options that are config.model fields; the rest are family options (config.model.options).
