@@ -111,6 +111,9 @@ def create_setup(config: ml_collections.ConfigDict, num_train_examples: int) -> 
 def initial_state(setup: Setup, config: ml_collections.ConfigDict, mesh: Mesh) -> dict:
     """A fresh, replicated train state (host-side init: nothing is compiled but the optimizer init)."""
     variables = init_variables(setup.model, config.seed, (1, setup.image_size, setup.image_size, 3))
+    if config.get('init_from'):   # fine-tuning: pretrained weights, a fresh classifier if the classes differ
+        from mobilenets_jax.weights import init_from
+        variables = init_from.initial_variables(variables, config)
     replicated = NamedSharding(mesh, P())
     opt_state = jax.jit(setup.tx.init, out_shardings=replicated)(replicate(variables['params'], mesh))
     rng = np.asarray(jax.random.key_data(jax.random.key(config.seed)))

@@ -268,3 +268,52 @@ def _keras_classes(model, model_name: str, alpha: float, classes: int):
     build = getattr(keras.applications, keras_weights.KERAS_NAMES[model_name])
     return build(weights=None, input_shape=model.input_shape[1:], alpha=alpha, classes=classes,
                  classifier_activation=None)
+
+
+def test_init_from_keras_file_loads_the_backbone_and_a_fresh_classifier(tiny_config, small_v1_file, caplog):
+    """config.init_from: every weight from the file but the classifier, which 10 digit classes re-initialise."""
+    import logging
+
+    from mobilenets_jax import steps, train_lib
+    path = small_v1_file
+    config = tiny_config(**{'model.name': 'mobilenet_v1', 'model.alpha': 0.25, 'rho': 1.0})
+    config.init_from = path
+    mesh = steps.create_mesh(jax.local_devices()[:1])
+    with caplog.at_level(logging.INFO):
+        state = train_lib.initial_state(train_lib.create_setup(config, 100), config, mesh)
+    assert 're-initialised (class count differs): params/classifier/bias, params/classifier/kernel' in caplog.text
+    _, pretrained = mj.load_pretrained(path, model='mobilenet_v1', alpha=0.25)
+    expected = _leaves(pretrained)
+    loaded = _leaves({'params': state['params'], 'batch_stats': state['batch_stats']})
+    assert set(loaded) == set(expected)
+    for name, value in loaded.items():
+        if 'classifier' in name:
+            assert value.shape[-1] == 10
+        else:
+            np.testing.assert_array_equal(value, expected[name], err_msg=name)
+    assert 'activation=\'relu6\' (config: \'relu\')' in caplog.text   # Keras' V1 is ReLU6; the config says ReLU
+    np.testing.assert_equal(_leaves(state['ema_params']), _leaves(state['params']))   # the EMA starts there too
+
+
+def test_init_from_names_a_backbone_variable_that_does_not_fit():
+    from mobilenets_jax.weights import init_from
+    fresh = {'params': {'stem': {'conv': {'kernel': np.zeros((3, 3, 3, 8))}}, 'classifier': {'bias': np.zeros(10)}}}
+    other = {'params': {'stem': {'conv': {'kernel': np.zeros((3, 3, 3, 16))}}, 'classifier': {'bias': np.zeros(5)}}}
+    with pytest.raises(ValueError, match=r'params/stem/conv/kernel has shape \(3, 3, 3, 16\) there, '
+                                         r'\(3, 3, 3, 8\) in this model'):
+        init_from.merge(fresh, other)
+    merged, kept = init_from.merge(fresh, {'params': {'stem': {'conv': {'kernel': np.ones((3, 3, 3, 8))}},
+                                                      'classifier': {'bias': np.ones(5)}}})
+    assert kept == ['params/classifier/bias'] and merged['params']['stem']['conv']['kernel'].sum() == 216
+    with pytest.raises(ValueError, match=r"missing \['params/classifier/bias'\]"):
+        init_from.merge(fresh, {'params': {'stem': fresh['params']['stem']}})
+
+
+@pytest.fixture(scope='module')
+def small_v1_file(tmp_path_factory):
+    """A Keras MobileNet α 0.25 file (1000 classes) in the released layout, for 32x32 inputs."""
+    model = _keras_application('mobilenet_v1', 0.25, image_size=32)
+    _randomize(model, seed=11)
+    path = str(tmp_path_factory.mktemp('keras_v1') / 'v1_025.h5')
+    write_keras2_h5(model, path)
+    return path

@@ -1,0 +1,94 @@
+"""Starting a training run from pretrained weights (`config.init_from`): a workdir of ours, a converted one,
+or a released file of a supported source.
+
+Every variable of the new model is taken from the pretrained ones and must have the same shape, except the
+classifier's when the class count differs: that one keeps its fresh initialisation, and the log says so.
+A variable with no counterpart, or one left over, is an error naming it (nothing is dropped silently).
+"""
+from __future__ import annotations
+
+import os
+
+import jax
+import ml_collections
+import numpy as np
+from absl import logging
+
+CLASSIFIER = 'classifier'
+
+
+def _flat(tree: dict) -> dict:
+    return {jax.tree_util.keystr(path, simple=True, separator='/'): leaf
+            for path, leaf in jax.tree_util.tree_leaves_with_path(tree)}
+
+
+def merge(fresh: dict, pretrained: dict) -> tuple[dict, list]:
+    """`fresh` ({'params', 'batch_stats'}) with every leaf taken from `pretrained`, the classifier excepted
+    when its shape differs; returns (merged, names of the leaves kept fresh)."""
+    fresh_flat, pretrained_flat = _flat(fresh), _flat(pretrained)
+    missing = sorted(set(fresh_flat) - set(pretrained_flat))
+    unused = sorted(set(pretrained_flat) - set(fresh_flat))
+    if missing or unused:
+        raise ValueError(f'config.init_from does not fit the model: missing {missing or "nothing"}; unused '
+                         f'{unused or "nothing"} (another model or alpha?)')
+    kept_fresh, values = [], []
+    paths, treedef = jax.tree_util.tree_flatten_with_path(fresh)
+    for path, leaf in paths:
+        name = jax.tree_util.keystr(path, simple=True, separator='/')
+        loaded = pretrained_flat[name]
+        if tuple(loaded.shape) == tuple(leaf.shape):
+            values.append(np.asarray(loaded, dtype=leaf.dtype))
+        elif name.split('/')[1:2] == [CLASSIFIER]:
+            kept_fresh.append(name)
+            values.append(leaf)
+        else:
+            raise ValueError(f'config.init_from: {name} has shape {tuple(loaded.shape)} there, '
+                             f'{tuple(leaf.shape)} in this model (another model or alpha?)')
+    return jax.tree_util.tree_unflatten(treedef, values), kept_fresh
+
+
+def _from_workdir(workdir: str) -> dict:
+    """The inference weights (EMA when the run has them) of the newest step of a workdir."""
+    from mobilenets_jax import checkpoints, steps
+    manager = checkpoints.open_checkpoints(workdir)
+    try:
+        step = checkpoints.resolve_step(manager, workdir)
+        saved = checkpoints.saved_tree(manager, step)
+        expected = {'params': saved['params'], 'batch_stats': saved.get('batch_stats', {})}
+        mesh = steps.create_mesh(jax.local_devices()[:1])
+        variables, _ = checkpoints.load_variables(manager, step, expected, mesh, saved=saved)
+    finally:
+        manager.close()
+    return jax.tree.map(np.asarray, variables)
+
+
+def pretrained_variables(init_from: str, config: ml_collections.ConfigDict) -> dict:
+    """{'params', 'batch_stats'} of `init_from`: a workdir (has checkpoints/) or a Keras `.h5` file."""
+    from mobilenets_jax import checkpoints, weights
+    if os.path.isdir(checkpoints.checkpoint_dir(init_from)):
+        return _from_workdir(init_from)
+    if init_from.endswith('.h5'):
+        _warn_about_other_options(weights.build_options('keras', config.model.name), config)
+        converted = weights.load(init_from, source='keras', model=config.model.name, alpha=config.model.alpha)
+        return jax.tree.map(np.asarray, converted.variables)
+    raise ValueError(f'config.init_from={init_from!r}: neither a workdir with checkpoints/ nor a Keras .h5 file')
+
+
+def _warn_about_other_options(source_options: dict, config: ml_collections.ConfigDict) -> None:
+    """Fine-tuning with other options than the weights were trained with works, but starts off worse."""
+    ours = {'activation': config.model.options.get('activation', 'relu'), 'bn_epsilon': config.model.bn_epsilon,
+            'padding_style': config.model.padding_style}
+    differ = [f'{key}={value!r} (config: {ours[key]!r})' for key, value in sorted(source_options.items())
+              if key in ours and ours[key] is not None and ours[key] != value]
+    if differ:
+        logging.warning('config.init_from: the weights were trained with %s; set those config.model fields to '
+                        'start from the same function', ', '.join(differ))
+
+
+def initial_variables(fresh: dict, config: ml_collections.ConfigDict) -> dict:
+    """`fresh` overwritten by `config.init_from`'s weights (see `merge`); logs what was kept fresh."""
+    merged, kept_fresh = merge(fresh, pretrained_variables(config.init_from, config))
+    logging.info('Initialised from %s; %s', config.init_from,
+                 f're-initialised (class count differs): {", ".join(kept_fresh)}' if kept_fresh
+                 else 'every variable loaded')
+    return merged
