@@ -261,6 +261,12 @@ def test_convert_then_eval_round_trip(tmp_path):
     record = evaluation.evaluate_checkpoint(config, workdir)
     assert record['num_examples'] == 360 and record['model'] == 'mobilenet_v1' and record['weights'] == 'raw'
 
+    # The converted workdir is also a fine-tuning start (config.init_from), every variable loaded.
+    from mobilenets_jax.weights import init_from
+    fresh = mj.init_variables(mj.create_model('mobilenet_v1', num_classes=10, alpha=0.25), 0, (1, 32, 32, 3))
+    config.init_from = workdir
+    np.testing.assert_equal(_leaves(init_from.initial_variables(fresh, config)), _leaves(expected))
+
 
 def _keras_classes(model, model_name: str, alpha: float, classes: int):
     """The same Keras application with another classifier width."""
