@@ -71,6 +71,7 @@ def default_config() -> ml_collections.ConfigDict:
     config.half_precision = False        # bfloat16 compute, float32 master weights
     config.sync_batch_stats = False      # BatchNorm statistics per device (the reference TPU recipe)
     config.seed = 0
+    config.init_from = placeholder(str)  # a Keras .h5 file or a workdir to start from (new classifier if needed)
 
     config.log_every_steps = 100
     config.eval_every_epochs = 1.0

@@ -6,6 +6,7 @@ on disk) and the one line the user sees. Processes are synchronised on their own
 import errno
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -91,6 +92,22 @@ def data_dir(tmp_path_factory):
     return str(tmp_path_factory.mktemp('tfds'))
 
 
+@pytest.fixture(scope='module')
+def trained(tmp_path_factory, data_dir, cache_dir):
+    """A finished 4-step run with checkpoints at steps 2 and 4; tests work on copies of it."""
+    workdir = str(tmp_path_factory.mktemp('trained') / 'work')
+    status, output = _run(_cli('train.py', workdir, data_dir, '--config.num_train_steps=4',
+                               '--config.checkpoint_every_steps=2'), cache_dir)
+    assert status == 0 and _steps(workdir) == [2, 4], output[-3000:]
+    return workdir
+
+
+def _copy(trained, tmp_path):
+    workdir = str(tmp_path / 'work')
+    shutil.copytree(trained, workdir)
+    return workdir
+
+
 # ---------------------------------------------------------------------------------------------------
 # Resumption is exact
 # ---------------------------------------------------------------------------------------------------
@@ -139,11 +156,9 @@ def _damage_metadata(step_dir):
 
 
 @pytest.mark.parametrize('damage', [_damage_data, _damage_metadata])
-def test_damaged_latest_checkpoint_is_set_aside_and_the_previous_one_resumes(tmp_path, data_dir, cache_dir, damage):
-    workdir = str(tmp_path / 'work')
-    status, output = _run(_cli('train.py', workdir, data_dir, '--config.num_train_steps=4',
-                               '--config.checkpoint_every_steps=2'), cache_dir)
-    assert status == 0 and _steps(workdir) == [2, 4], output[-3000:]
+def test_damaged_latest_checkpoint_is_set_aside_and_the_previous_one_resumes(tmp_path, data_dir, cache_dir, trained,
+                                                                           damage):
+    workdir = _copy(trained, tmp_path)
     damage(os.path.join(workdir, 'checkpoints', '4'))
 
     # eval.py reads, never moves: it evaluates the newest readable step and says which one it skipped.
@@ -252,11 +267,9 @@ def test_healthy_run_never_trips_the_divergence_check():
 # Mistakes: one line, exit status 2, before any data is read
 # ---------------------------------------------------------------------------------------------------
 
-def test_resuming_another_width_names_the_parameter_and_the_field(tmp_path, data_dir, cache_dir):
-    workdir = str(tmp_path / 'work')
-    status, output = _run(_cli('train.py', workdir, data_dir, '--config.num_train_steps=2'), cache_dir)
-    assert status == 0, output[-3000:]
-    status, output = _run(_cli('train.py', workdir, data_dir, '--config.num_train_steps=4',
+def test_resuming_another_width_names_the_parameter_and_the_field(tmp_path, data_dir, cache_dir, trained):
+    workdir = _copy(trained, tmp_path)
+    status, output = _run(_cli('train.py', workdir, data_dir, '--config.num_train_steps=6',
                                '--config.model.alpha=0.5'), cache_dir)
     assert status == errors.EXIT_USER_ERROR
     line = _error_line(output)
