@@ -10,6 +10,8 @@ from benchmarks import throughput
 from mobilenets_jax import cost
 from mobilenets_jax.cost import machine
 
+pytestmark = pytest.mark.slow   # end-to-end runs: `make test-fast` skips them
+
 
 def test_throughput_reports_rates_and_compile_time(capsys, monkeypatch):
     monkeypatch.setattr(machine, 'host_cpu', lambda: 'Test CPU (family 1, model 2), 2 CPUs')

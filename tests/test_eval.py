@@ -22,6 +22,8 @@ import pytest
 import mobilenets_jax as mj
 from mobilenets_jax import checkpoints, config_lib, evaluation, train_lib
 
+pytestmark = pytest.mark.slow   # end-to-end runs: `make test-fast` skips them
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DIGITS_TEST_SIZE = 360
 

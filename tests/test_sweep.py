@@ -4,9 +4,12 @@ import os
 import subprocess
 import sys
 
+import pytest
 from PIL import Image
 
 from mobilenets_jax import sweep_lib
+
+pytestmark = pytest.mark.slow   # end-to-end runs: `make test-fast` skips them
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -13,6 +13,7 @@ import tensorflow_datasets as tfds
 from configs import cifar10, mobilenet_v1_imagenet
 from mobilenets_jax import checkpoints, config_lib, train_lib
 
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
