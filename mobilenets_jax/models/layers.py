@@ -247,6 +247,22 @@ def batch_norm(train: bool, *, momentum: float, epsilon: float, dtype: Dtype, pa
                              dtype=dtype, param_dtype=param_dtype, axis_name=axis_name)
 
 
+class ConvNormAct(nn.Module):
+    """k×k conv–BN–activation: MobileNetV1's full-convolution baseline blocks, MobileNetV4's stem, 'convbn'
+    rows and heads. `conv` and `norm` are the model's configured Conv2D and BatchNorm factories."""
+    features: int
+    kernel_size: int
+    strides: int
+    conv: Any
+    norm: Any
+    activation: Callable
+
+    @nn.compact
+    def __call__(self, x):
+        x = self.conv(self.features, kernel_size=self.kernel_size, strides=self.strides, name='conv')(x)
+        return self.activation(self.norm(name='bn')(x))
+
+
 class SqueezeExcite(nn.Module):
     """MobileNetV3 squeeze-and-excite: pool, 1×1 conv (bias) ReLU, 1×1 conv (bias), hard-sigmoid gate."""
     squeeze_channels: int

@@ -55,20 +55,6 @@ class SeparableBlock(nn.Module):
         return self.activation(self.norm(name='pointwise_bn')(x))
 
 
-class FullConvBlock(nn.Module):
-    """Table 4's baseline: one full 3×3 conv–BN–act in place of a depthwise-separable pair."""
-    features: int
-    strides: int
-    conv: ModuleDef
-    norm: ModuleDef
-    activation: Callable
-
-    @nn.compact
-    def __call__(self, x):
-        x = self.conv(self.features, kernel_size=3, strides=self.strides, name='conv')(x)
-        return self.activation(self.norm(name='bn')(x))
-
-
 class MobileNetV1(ZooModel):
     """MobileNetV1 and its conv/shallow baselines (select with `block_type` and `blocks`).
 
@@ -90,7 +76,9 @@ class MobileNetV1(ZooModel):
         x = act(norm(name='stem_bn')(x))
         for index, block in enumerate(self.blocks):
             if self.block_type == 'conv':
-                x = FullConvBlock(width(block.features), block.strides, conv, norm, act, name=f'block_{index + 1}')(x)
+                # Table 4's baseline: one full 3×3 conv–BN–act in place of a depthwise-separable pair.
+                x = layers.ConvNormAct(width(block.features), 3, block.strides, conv, norm, act,
+                                       name=f'block_{index + 1}')(x)
             else:
                 x = SeparableBlock(width(block.features), block.strides, conv, depthwise, norm, act,
                                    name=f'block_{index + 1}')(x)

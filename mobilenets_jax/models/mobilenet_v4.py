@@ -189,21 +189,6 @@ class LayerScale(nn.Module):
         return x * jnp.asarray(gamma, self.dtype)
 
 
-class ConvNormAct(nn.Module):
-    """k×k conv–BN–activation (the stem and the 'convbn' rows)."""
-    features: int
-    kernel_size: int
-    strides: int
-    conv: ModuleDef
-    norm: ModuleDef
-    activation: Callable
-
-    @nn.compact
-    def __call__(self, x):
-        x = self.conv(self.features, kernel_size=self.kernel_size, strides=self.strides, name='conv')(x)
-        return self.activation(self.norm(name='bn')(x))
-
-
 class FusedInvertedBottleneck(nn.Module):
     """k×k expansion conv (strided)–BN–act, 1×1 projection–BN; identity shortcut at stride 1, same width."""
     expanded_channels: int
@@ -332,7 +317,7 @@ class MobileNetV4(ZooModel):
         """The module of one table row, given the width of its input."""
         width = lambda c: layers.make_divisible(c * self.alpha)
         if isinstance(block, ConvBN):
-            return ConvNormAct(width(block.channels), block.kernel_size, block.strides, conv, norm, act, name=name)
+            return layers.ConvNormAct(width(block.channels), block.kernel_size, block.strides, conv, norm, act, name=name)
         if isinstance(block, MQA):
             return MobileMQABlock(block.num_heads, block.key_dim, block.kv_strides, conv, depthwise, norm,
                                   self.layer_scale_init, name=name)
@@ -356,11 +341,11 @@ class MobileNetV4(ZooModel):
         width = lambda c: layers.make_divisible(c * self.alpha)
 
         stem = self.stem_channels if self.alpha < 1.0 else width(self.stem_channels)
-        x = ConvNormAct(stem, 3, 2, conv, norm, act, name='stem')(x)
+        x = layers.ConvNormAct(stem, 3, 2, conv, norm, act, name='stem')(x)
         for index, block in enumerate(self.blocks, start=1):
             x = self._block(block, x.shape[-1], f'block_{index}', conv, depthwise, norm, act)(x)
-        x = ConvNormAct(width(MOBILENET_V4_LAST), 1, 1, conv, norm, act, name='last')(x)
+        x = layers.ConvNormAct(width(MOBILENET_V4_LAST), 1, 1, conv, norm, act, name='last')(x)
         x = jnp.mean(x, axis=(1, 2), keepdims=True)
         # MobileNetV4's head conv comes after the pooling (as in V3) but keeps a BatchNorm and has no bias.
-        x = ConvNormAct(MOBILENET_V4_HEAD, 1, 1, conv, norm, act, name='head')(x)
+        x = layers.ConvNormAct(MOBILENET_V4_HEAD, 1, 1, conv, norm, act, name='head')(x)
         return self.head(x.reshape(x.shape[0], -1), train, pool=False)
