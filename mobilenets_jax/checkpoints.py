@@ -295,27 +295,30 @@ def restore_newest_readable(workdir: str, manager: ocp.CheckpointManager, target
     """
     damaged = set()
     reader = open_checkpoints(workdir)   # the training manager has no item handlers to read metadata with
-    while True:
-        steps = sorted(set(manager.all_steps()) - damaged, reverse=True)
-        if not steps:
-            return _fresh(manager, workdir, keep, damaged), None, None
-        step = steps[0]
-        try:
-            saved = saved_tree(reader, step)
-        except Exception as error:   # noqa: BLE001 — whatever orbax or tensorstore raise on a broken step
-            why = f'its metadata is unreadable: {describe_damage(error)}'
-        else:
-            _check_state_fits(saved, target, config, num_classes)
+    try:
+        while True:
+            steps = sorted(set(manager.all_steps()) - damaged, reverse=True)
+            if not steps:
+                return _fresh(manager, workdir, keep, damaged), None, None
+            step = steps[0]
             try:
-                state = restore(manager, step, target)
-                return _fresh(manager, workdir, keep, damaged), state, step
-            except Exception as error:   # noqa: BLE001
-                why = f'its arrays are unreadable: {describe_damage(error)}'
-        damaged.add(step)
-        if move_damaged:
-            set_aside(workdir, step, why)
-        else:
-            logging.warning('The checkpoint at step %d is damaged (%s); trying the one before.', step, why)
+                saved = saved_tree(reader, step)
+            except Exception as error:   # noqa: BLE001 — whatever orbax or tensorstore raise on a broken step
+                why = f'its metadata is unreadable: {describe_damage(error)}'
+            else:
+                _check_state_fits(saved, target, config, num_classes)
+                try:
+                    state = restore(manager, step, target)
+                    return _fresh(manager, workdir, keep, damaged), state, step
+                except Exception as error:   # noqa: BLE001
+                    why = f'its arrays are unreadable: {describe_damage(error)}'
+            damaged.add(step)
+            if move_damaged:
+                set_aside(workdir, step, why)
+            else:
+                logging.warning('The checkpoint at step %d is damaged (%s); trying the one before.', step, why)
+    finally:
+        reader.close()
 
 
 def _fresh(manager: ocp.CheckpointManager, workdir: str, keep: int, damaged: set) -> ocp.CheckpointManager:
