@@ -20,7 +20,7 @@ os.environ.setdefault('TF_ENABLE_ONEDNN_OPTS', '0')
 from absl import flags, logging
 from ml_collections import config_flags
 
-from mobilenets_jax import cli_utils
+from mobilenets_jax import cli_utils, errors
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file('config', None, 'A training configuration (configs/*.py) to report on.',
@@ -42,17 +42,13 @@ flags.DEFINE_enum('train_cost', None, ['compiled', 'lowered', 'none'],
 flags.DEFINE_integer('workers', None, 'Worker processes (default: one per CPU core for 4+ configurations).')
 
 
-class _UserError(ValueError):
-    pass
-
-
 def _numbers(values, kind, name):
     out = []
     for value in values or []:
         try:
             out.append(kind(value))
         except ValueError:
-            raise _UserError(f'--{name}={value!r} is not {"an integer" if kind is int else "a number"}') from None
+            raise errors.UserError(f'--{name}={value!r} is not {"an integer" if kind is int else "a number"}') from None
     return out
 
 
@@ -60,7 +56,7 @@ def _configs_and_options():
     from mobilenets_jax import cost
     options = dict(measure=FLAGS.measure, batch_size=FLAGS.batch_size, per_layer=FLAGS.per_layer)
     if FLAGS.batch_size < 1:
-        raise _UserError(f'--batch_size={FLAGS.batch_size}: must be >= 1')
+        raise errors.UserError(f'--batch_size={FLAGS.batch_size}: must be >= 1')
     alphas = _numbers(FLAGS.alphas, float, 'alphas')
     resolutions = _numbers(FLAGS.resolutions, int, 'resolutions')
     groups = _numbers(FLAGS.groups, int, 'groups')
@@ -68,10 +64,10 @@ def _configs_and_options():
                                     ('--all', FLAGS.all)) if on]
     if len(chosen) != 1:
         got = f' (got {", ".join(chosen)})' if chosen else ''
-        raise _UserError(f'give exactly one of --config, --model, --all{got}')
+        raise errors.UserError(f'give exactly one of --config, --model, --all{got}')
     if FLAGS.all:
         if alphas or resolutions or groups:
-            raise _UserError('--all takes no --alphas/--resolutions/--groups (it uses the published grids)')
+            raise errors.UserError('--all takes no --alphas/--resolutions/--groups (it uses the published grids)')
         configs = cost.all_configs(FLAGS.num_classes, include_cifar=FLAGS.include_cifar)
         # Even uncompiled, tracing 63 training steps takes far longer than the inference programs, so --all
         # counts inference only unless asked (docs/cost_report.md).
@@ -84,7 +80,7 @@ def _configs_and_options():
     if FLAGS.model is not None:
         return cost.grid(FLAGS.model, alphas, resolutions, groups, FLAGS.num_classes), options
     if alphas or resolutions or groups:
-        raise _UserError('with --config, change the configuration with --config.model.alpha=..., --config.rho=...')
+        raise errors.UserError('with --config, change the configuration with --config.model.alpha=..., --config.rho=...')
     config, config_options = cost.from_training_config(FLAGS.config, FLAGS.num_classes)
     options.update(config_options)
     return [config], options
