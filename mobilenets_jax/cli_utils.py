@@ -129,14 +129,25 @@ class _DiskFullReportedOnce(logging_std.Filter):
         return 'No space left on device' not in record.getMessage()
 
 
+def _is_closed_loop_noise(value) -> bool:
+    return isinstance(value, RuntimeError) and str(value) == 'Event loop is closed'
+
+
 def _without_closed_loop_noise(hook):
     """When a save fails (a full disk), tensorstore's pending write callbacks find orbax's asyncio loop
-    closed and print 'Event loop is closed' tracebacks through sys.excepthook; they say nothing more."""
+    closed; tensorstore reports that through sys.unraisablehook (or sys.excepthook) as an 'Event loop is
+    closed' traceback that says nothing more than the one-line disk-full error."""
     def excepthook(kind, value, traceback):
-        if isinstance(value, RuntimeError) and str(value) == 'Event loop is closed':
-            return
-        hook(kind, value, traceback)
+        if not _is_closed_loop_noise(value):
+            hook(kind, value, traceback)
     return excepthook
+
+
+def _without_closed_loop_unraisable(hook):
+    def unraisablehook(unraisable):
+        if not _is_closed_loop_noise(unraisable.exc_value):
+            hook(unraisable)
+    return unraisablehook
 
 
 def quiet_library_logs() -> None:
@@ -144,6 +155,7 @@ def quiet_library_logs() -> None:
     handler.addFilter(_QuietLibraries())
     handler.addFilter(_DiskFullReportedOnce())
     sys.excepthook = _without_closed_loop_noise(sys.excepthook)
+    sys.unraisablehook = _without_closed_loop_unraisable(sys.unraisablehook)
 
 
 def define_run_flags(config_help: str, workdir_help: str) -> None:
