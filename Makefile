@@ -10,6 +10,8 @@ $(STAMP): requirements.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --upgrade pip
 	$(PY) -m pip install -r requirements.txt
+	# timm is the reference of tests/test_pretrained_torch.py; without --no-deps it pulls a CUDA torch+torchvision.
+	$(PY) -m pip install --no-deps "timm>=1.0,<2"
 	$(PY) -m pip install --no-deps -e .
 	touch $(STAMP)
 

@@ -212,8 +212,8 @@ def test_missing_and_unused_weights_are_listed(small_v2_file, tmp_path):
 
 def test_unsupported_sources_and_models_are_refused(small_v2_file):
     path, _ = small_v2_file
-    with pytest.raises(ValueError, match='not supported yet'):
-        mj.load_pretrained(path, source='torchvision', model='mobilenet_v2')
+    with pytest.raises(ValueError, match='unknown source'):
+        mj.load_pretrained(path, source='caffe', model='mobilenet_v2')
     with pytest.raises(ValueError, match='Keras applications release weights for'):
         mj.load_pretrained(path, model='shufflenet_v2')
 

@@ -62,16 +62,33 @@ def _from_workdir(workdir: str) -> dict:
     return jax.tree.map(np.asarray, variables)
 
 
+# A released file's suffix -> its source; `.pth` is torchvision's, unless the name says `timm:` (timm `.pth`).
+_SOURCE_BY_SUFFIX = {'.h5': 'keras', '.pth': 'torchvision', '.safetensors': 'timm'}
+
+
+def source_of(init_from: str) -> tuple[str, str]:
+    """(source, path) of a released file: 'keras' for .h5, 'torchvision' for .pth, 'timm' for .safetensors;
+    a 'SOURCE:' prefix (e.g. 'timm:/path/pytorch_model.pth') names the source explicitly."""
+    from mobilenets_jax import weights
+    prefix, _, rest = init_from.partition(':')
+    if rest and prefix in weights.SOURCES:
+        return prefix, rest
+    for suffix, source in _SOURCE_BY_SUFFIX.items():
+        if init_from.endswith(suffix):
+            return source, init_from
+    raise ValueError(f'config.init_from={init_from!r}: neither a workdir with checkpoints/ nor a released file '
+                     f'({", ".join(f"{s} ({n})" for s, n in _SOURCE_BY_SUFFIX.items())}, or SOURCE:PATH)')
+
+
 def pretrained_variables(init_from: str, config: ml_collections.ConfigDict) -> dict:
-    """{'params', 'batch_stats'} of `init_from`: a workdir (has checkpoints/) or a Keras `.h5` file."""
+    """{'params', 'batch_stats'} of `init_from`: a workdir (has checkpoints/) or a released weight file."""
     from mobilenets_jax import checkpoints, weights
     if os.path.isdir(checkpoints.checkpoint_dir(init_from)):
         return _from_workdir(init_from)
-    if init_from.endswith('.h5'):
-        _warn_about_other_options(weights.build_options('keras', config.model.name), config)
-        converted = weights.load(init_from, source='keras', model=config.model.name, alpha=config.model.alpha)
-        return jax.tree.map(np.asarray, converted.variables)
-    raise ValueError(f'config.init_from={init_from!r}: neither a workdir with checkpoints/ nor a Keras .h5 file')
+    source, path = source_of(init_from)
+    _warn_about_other_options(weights.build_options(source, config.model.name), config)
+    converted = weights.load(path, source=source, model=config.model.name, alpha=config.model.alpha)
+    return jax.tree.map(np.asarray, converted.variables)
 
 
 def _warn_about_other_options(source_options: dict, config: ml_collections.ConfigDict) -> None:
