@@ -425,3 +425,48 @@ def test_timm_wrong_alpha_is_refused_by_config_and_by_shapes(timm_v2_release, tm
     assert "our stem [conv] against the file's conv_stem.weight: the file has (16, 3, 3, 3), we expect " \
            "(32, 3, 3, 3)" in message
     assert 'probably the alpha differs: the file has the layout of timm model=mobilenet_v2 alpha=0.5' in message
+
+
+@pytest.mark.slow
+def test_convert_torchvision_then_eval_round_trip(tmp_path):
+    """convert.py --source=torchvision writes a workdir whose config builds the model as torchvision ran it
+    (symmetric padding, ε 1e-5, ImageNet mean/std) and which eval evaluates with the converted weights."""
+    import importlib.util
+    import os
+    import subprocess
+
+    from mobilenets_jax import checkpoints, evaluation, steps
+    params = build_reference(lambda p, x: tv_shufflenet_v2(p, x, 0.5, num_classes=10), seed=5)
+    weights_file, workdir = str(tmp_path / 'snv2.pth'), str(tmp_path / 'converted')
+    torch.save(params.state, weights_file)
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    command = [sys.executable, os.path.join(repo, 'convert.py'), '--source=torchvision', '--model=shufflenet_v2',
+               '--alpha=0.5', f'--weights={weights_file}', f'--workdir={workdir}', '--dataset=digits']
+    done = subprocess.run(command, check=False, capture_output=True, text=True, cwd=repo, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    spec = importlib.util.spec_from_file_location('converted_config', os.path.join(workdir, 'config.py'))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    config = module.get_config()
+    assert config.model.padding_style == 'symmetric' and config.model.bn_epsilon == 1e-5
+    assert config.normalization == 'imagenet'
+    config.data_dir, config.batch_size = str(tmp_path / 'tfds'), 40
+    manager = checkpoints.open_checkpoints(workdir)
+    assert checkpoints.read_metadata(manager, 0).normalization == 'imagenet'
+    _, expected = mj.load_pretrained(weights_file, source='torchvision', model='shufflenet_v2', alpha=0.5)
+    loaded, _ = checkpoints.load_variables(manager, 0, expected, steps.create_mesh())
+    manager.close()
+    for (name, value), (_, reference) in zip(jax.tree_util.tree_leaves_with_path(loaded),
+                                             jax.tree_util.tree_leaves_with_path(expected)):
+        np.testing.assert_array_equal(np.asarray(value), np.asarray(reference), err_msg=str(name))
+    record = evaluation.evaluate_checkpoint(config, workdir)
+    assert record['num_examples'] == 360 and record['model'] == 'shufflenet_v2'
+
+
+def test_init_from_names_the_source_by_suffix_or_prefix():
+    from mobilenets_jax.weights import init_from
+    assert init_from.source_of('/w/mobilenet_v2-b0353104.pth') == ('torchvision', '/w/mobilenet_v2-b0353104.pth')
+    assert init_from.source_of('/w/model.safetensors') == ('timm', '/w/model.safetensors')
+    assert init_from.source_of('timm:/w/pytorch_model.pth') == ('timm', '/w/pytorch_model.pth')
+    with pytest.raises(ValueError, match="config.init_from='/w/weights.npz': neither a workdir"):
+        init_from.source_of('/w/weights.npz')
