@@ -3,7 +3,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: quickstart test test-fast install clean
+.PHONY: quickstart test test-slow test-all install clean
 
 # Create the virtualenv when missing and (re)install when requirements change.
 $(STAMP): requirements.txt pyproject.toml
@@ -24,12 +24,17 @@ quickstart: $(STAMP)
 	$(PY) train.py --config=configs/digits.py --workdir=$(QUICKSTART_DIR)
 	$(PY) eval.py --config=configs/digits.py --workdir=$(QUICKSTART_DIR)
 
+# The tier everyone runs (under 10 minutes on 2 cores): everything but the tests marked slow.
 test: $(STAMP)
-	$(PY) -m pytest tests
-
-# The quick tier: everything but the tests marked slow (end-to-end CLI runs, whole-model compiles).
-test-fast: $(STAMP)
 	$(PY) -m pytest tests -m "not slow"
+
+# The slow tier (CI runs it after `make test`): end-to-end CLI runs and fault injection, whole-model
+# compiles, the sweep, fine-tuning and export over every architecture.
+test-slow: $(STAMP)
+	$(PY) -m pytest tests -m slow
+
+test-all: $(STAMP)
+	$(PY) -m pytest tests
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache

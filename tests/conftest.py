@@ -24,7 +24,7 @@ def tiny_config(tmp_path):
 
 
 # Tests of the mixed modules that take more than ~15 s on 2 cores (whole-model compiles, every kernel form
-# in bfloat16, subprocess CLIs): `make test-fast` (-m "not slow") leaves them to `make test`.
+# in bfloat16, subprocess CLIs): `make test` (-m "not slow") leaves them to `make test-slow`, which CI runs too.
 SLOW_TESTS = {
     'test_pools_equal_flax', 'test_im2col_patches_are_the_taps_concatenated', 'test_depthwise_equals_lax',
     'test_shufflenet_same_numbers_under_every_impl', 'test_conv2d_equals_nn_conv',

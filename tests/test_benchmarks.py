@@ -10,7 +10,7 @@ from benchmarks import throughput
 from mobilenets_jax import cost
 from mobilenets_jax.cost import machine
 
-pytestmark = pytest.mark.slow   # end-to-end runs: `make test-fast` skips them
+pytestmark = pytest.mark.slow   # end-to-end runs: `make test-slow`, not `make test`
 
 
 def test_throughput_reports_rates_and_compile_time(capsys, monkeypatch):

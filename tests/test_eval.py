@@ -22,7 +22,7 @@ import pytest
 import mobilenets_jax as mj
 from mobilenets_jax import checkpoints, config_lib, evaluation, train_lib
 
-pytestmark = pytest.mark.slow   # end-to-end runs: `make test-fast` skips them
+pytestmark = pytest.mark.slow   # end-to-end runs: `make test-slow`, not `make test`
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DIGITS_TEST_SIZE = 360

@@ -9,7 +9,7 @@ from PIL import Image
 
 from mobilenets_jax import sweep_lib
 
-pytestmark = pytest.mark.slow   # end-to-end runs: `make test-fast` skips them
+pytestmark = pytest.mark.slow   # end-to-end runs: `make test-slow`, not `make test`
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
