@@ -16,7 +16,7 @@ import contextlib
 import dataclasses
 import logging as logging_std
 import os
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 from absl import logging
 import jax
@@ -283,6 +283,23 @@ def _check_state_fits(saved: dict, target: Any, config: ml_collections.ConfigDic
                          f'{config.optimizer!r}')
 
 
+def newest_readable(steps: list, read: Callable[[int], Any], on_damage: Callable[[int, str], None]):
+    """(step, read(step)) for the first of `steps` whose files read back, else (None, None).
+
+    A step whose read fails with damage (`is_damage`: whatever orbax or tensorstore raise on a truncated
+    file or missing metadata) goes to `on_damage(step, why)`, which may raise to stop; any other error
+    (a checkpoint that does not fit the config) propagates at once.
+    """
+    for step in steps:
+        try:
+            return step, read(step)
+        except Exception as error:   # noqa: BLE001 — damage shows up as whatever orbax/tensorstore raise
+            if not is_damage(error):
+                raise
+            on_damage(step, describe_damage(error))
+    return None, None
+
+
 def restore_newest_readable(workdir: str, manager: ocp.CheckpointManager, target: Any,
                             config: ml_collections.ConfigDict, num_classes: int, *, keep: int,
                             move_damaged: bool = True):
@@ -293,35 +310,28 @@ def restore_newest_readable(workdir: str, manager: ocp.CheckpointManager, target
     but does not fit the config raises ValueError (that is not damage). The returned manager is a fresh
     one when steps were set aside (the old one still lists them).
     """
-    damaged = set()
+    damaged = []
     reader = open_checkpoints(workdir)   # the training manager has no item handlers to read metadata with
+
+    def read(step):
+        _check_state_fits(saved_tree(reader, step), target, config, num_classes)
+        return restore(manager, step, target)
+
+    def on_damage(step, why):
+        damaged.append(step)
+        if move_damaged:
+            set_aside(workdir, step, why)
+        else:
+            logging.warning('The checkpoint at step %d is damaged (%s); trying the one before.', step, why)
+
     try:
-        while True:
-            steps = sorted(set(manager.all_steps()) - damaged, reverse=True)
-            if not steps:
-                return _fresh(manager, workdir, keep, damaged), None, None
-            step = steps[0]
-            try:
-                saved = saved_tree(reader, step)
-            except Exception as error:   # noqa: BLE001 — whatever orbax or tensorstore raise on a broken step
-                why = f'its metadata is unreadable: {describe_damage(error)}'
-            else:
-                _check_state_fits(saved, target, config, num_classes)
-                try:
-                    state = restore(manager, step, target)
-                    return _fresh(manager, workdir, keep, damaged), state, step
-                except Exception as error:   # noqa: BLE001
-                    why = f'its arrays are unreadable: {describe_damage(error)}'
-            damaged.add(step)
-            if move_damaged:
-                set_aside(workdir, step, why)
-            else:
-                logging.warning('The checkpoint at step %d is damaged (%s); trying the one before.', step, why)
+        step, state = newest_readable(sorted(manager.all_steps(), reverse=True), read, on_damage)
     finally:
         reader.close()
+    return _fresh(manager, workdir, keep, damaged), state, step
 
 
-def _fresh(manager: ocp.CheckpointManager, workdir: str, keep: int, damaged: set) -> ocp.CheckpointManager:
+def _fresh(manager: ocp.CheckpointManager, workdir: str, keep: int, damaged: list) -> ocp.CheckpointManager:
     """The manager to train with: a new one when steps were set aside under the old one's feet."""
     if not damaged:
         return manager

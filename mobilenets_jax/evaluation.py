@@ -28,7 +28,7 @@ import jax
 import ml_collections
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from mobilenets_jax import checkpoints, compilation_cache, config_lib, models, steps, train_lib
+from mobilenets_jax import checkpoints, compilation_cache, config_lib, errors, models, steps, train_lib
 from mobilenets_jax.data import datasets
 
 RESULTS_FILE = 'eval_results.jsonl'
@@ -150,20 +150,22 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str, *, step
         # Without --step, a damaged newest step (a crash while writing it, a truncated file) falls back to
         # the one before, with a warning; eval only reads, so nothing is moved.
         candidates = [newest] if requested is not None else sorted(manager.all_steps(), reverse=True)
-        for step in candidates:
-            restore_start = time.time()
-            try:
-                saved = checkpoints.saved_tree(manager, step)
-                checkpoints.check_shapes({'params': saved['params'], 'batch_stats': saved.get('batch_stats', {})},
-                                         expected, config, info.num_classes)
-                variables, chosen = checkpoints.load_variables(manager, step, expected, mesh, weights, saved)
-                break
-            except Exception as error:   # noqa: BLE001 — damage shows up as whatever orbax/tensorstore raise
-                if (requested is not None or step == candidates[-1]
-                        or not checkpoints.is_damage(error)):
-                    raise
-                logging.warning('The checkpoint at step %d is damaged (%s); evaluating the one before.', step,
-                                checkpoints.describe_damage(error))
+        restore_start = time.time()
+
+        def read(step):
+            saved = checkpoints.saved_tree(manager, step)
+            checkpoints.check_shapes({'params': saved['params'], 'batch_stats': saved.get('batch_stats', {})},
+                                     expected, config, info.num_classes)
+            return checkpoints.load_variables(manager, step, expected, mesh, weights, saved)
+
+        def on_damage(step, why):
+            if step == candidates[-1]:   # the requested step, or the oldest one
+                older = '' if requested is not None else '; no older step reads back'
+                raise errors.UserError(f'the checkpoint at step {step} in {checkpoints.checkpoint_dir(workdir)} '
+                                       f'is damaged ({why}){older}')
+            logging.warning('The checkpoint at step %d is damaged (%s); evaluating the one before.', step, why)
+
+        step, (variables, chosen) = checkpoints.newest_readable(candidates, read, on_damage)
         weights = chosen
         restore_secs = time.time() - restore_start
     finally:
