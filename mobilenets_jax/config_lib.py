@@ -72,6 +72,8 @@ def default_config() -> ml_collections.ConfigDict:
     config.sync_batch_stats = False      # BatchNorm statistics per device (the reference TPU recipe)
     config.seed = 0
     config.init_from = placeholder(str)  # a Keras .h5 file or a workdir to start from (new classifier if needed)
+    config.reinit_classifier = False     # init_from: a fresh classifier even when the class count is the same
+    config.freeze_backbone = False       # train the classifier only (every other parameter keeps its value)
 
     config.log_every_steps = 100
     config.eval_every_epochs = 1.0
@@ -131,6 +133,10 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int) -> None
             raise ValueError(f'config.{field}={config[field]!r}: must be >= 1')
     if not config.eval_every_epochs > 0:
         raise ValueError(f'config.eval_every_epochs={config.eval_every_epochs!r}: must be > 0')
+    for field in ('reinit_classifier', 'freeze_backbone'):
+        if config.get(field) and not config.get('init_from'):
+            raise ValueError(f'config.{field}=True needs config.init_from (a workdir or a weight file to start '
+                             'from): without it the backbone is random')
 
 
 def image_size(config: ml_collections.ConfigDict) -> int:

@@ -43,6 +43,7 @@ __all__ = [
     'decoupled_decay_mask',
     'create_optimizer',
     'transform_from_config',
+    'frozen_backbone',
     'ema_update',
     'ema_decay_with_warmup',
 ]
@@ -464,13 +465,31 @@ def optimizer_from_config(config, *, steps_per_epoch: int, num_epochs: float, wa
 
 
 def transform_from_config(config, learning_rate_fn: optax.ScalarOrSchedule) -> optax.GradientTransformation:
-    """The optimizer a training config names, with its every field, at the given learning rate(s)."""
-    return create_optimizer(
+    """The optimizer a training config names, with its every field, at the given learning rate(s);
+    with `config.freeze_backbone`, it updates the classifier only."""
+    transform = create_optimizer(
         learning_rate_fn=learning_rate_fn, weight_decay=config.weight_decay, optimizer=config.optimizer,
         rmsprop_decay=config.rmsprop_decay, rmsprop_initial_scale=config.rmsprop_initial_scale,
         momentum=config.momentum, nesterov=config.nesterov, epsilon=config.epsilon,
         adam_epsilon=config.adam_epsilon, decay_depthwise=config.weight_decay_depthwise,
         decoupled_weight_decay=config.decoupled_weight_decay, grad_clip_norm=config.grad_clip_norm or None)
+    return frozen_backbone(transform) if config.get('freeze_backbone') else transform
+
+
+CLASSIFIER = 'classifier'   # the top-level name of every model's last layer
+
+
+def classifier_only_labels(params: Any) -> Any:
+    """'train' for the leaves under the top-level classifier, 'frozen' for every other leaf."""
+    def label(path, _):
+        return 'train' if _path_element_name(path[0]) == CLASSIFIER else 'frozen'
+    return jax.tree_util.tree_map_with_path(label, params)
+
+
+def frozen_backbone(transform: optax.GradientTransformation) -> optax.GradientTransformation:
+    """`transform` on the classifier, zero updates (no weight decay either) everywhere else. BatchNorm
+    layers still normalise with batch statistics in training and update their moving averages."""
+    return optax.multi_transform({'train': transform, 'frozen': optax.set_to_zero()}, classifier_only_labels)
 
 
 def cross_entropy(logits, labels, num_classes: int, label_smoothing: float = 0.0):

@@ -108,10 +108,12 @@ def create_setup(config: ml_collections.ConfigDict, num_train_examples: int) -> 
                  optim.run_length(config, steps_per_epoch), num_train_examples)
 
 
-def initial_state(setup: Setup, config: ml_collections.ConfigDict, mesh: Mesh) -> dict:
-    """A fresh, replicated train state (host-side init: nothing is compiled but the optimizer init)."""
+def initial_state(setup: Setup, config: ml_collections.ConfigDict, mesh: Mesh, *,
+                  pretrained: bool = False) -> dict:
+    """A fresh, replicated train state (host-side init: nothing is compiled but the optimizer init); with
+    `pretrained`, its variables come from `config.init_from` (a fresh classifier where `init_from` says)."""
     variables = init_variables(setup.model, config.seed, (1, setup.image_size, setup.image_size, 3))
-    if config.get('init_from'):   # fine-tuning: pretrained weights, a fresh classifier if the classes differ
+    if pretrained:
         from mobilenets_jax.weights import init_from
         variables = init_from.initial_variables(variables, config)
     replicated = NamedSharding(mesh, P())
@@ -264,6 +266,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """
     mesh = create_mesh()
     config_lib.validate_config(config, mesh.devices.size)
+    if config.get('init_from') and not os.path.exists(config.init_from):
+        raise ValueError(f'config.init_from={config.init_from!r}: no such file or directory (a workdir of ours, '
+                         'or a weight file: convert.py lists the sources)')
     with _claim_workdir(workdir):
         return _train(config, workdir, mesh)
 
@@ -294,6 +299,8 @@ def _train(config: ml_collections.ConfigDict, workdir: str, mesh: Mesh) -> dict:
     if restored is not None:
         state = restored
         logging.info('Resumed from the checkpoint at step %d in %s', latest, checkpoints.checkpoint_dir(workdir))
+    elif config.get('init_from'):   # fine-tuning starts from it once; a resumed run continues its own weights
+        state = initial_state(setup, config, mesh, pretrained=True)
     start_step = int(jax.device_get(state['step']))
     checkpoint_bytes = sum(x.nbytes for x in jax.tree.leaves(state))
 

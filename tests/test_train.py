@@ -32,6 +32,8 @@ RMSPROP = {'model.dropout_rate': 0.0, 'optimizer': 'rmsprop', 'learning_rate': 0
     ('model.bn_epsilon', 0.0, 'bn_epsilon=0.0: must be > 0'),
     ('warmup_style', 'cosine', "config.warmup_style='cosine'; allowed: offset, absolute"),
     ('decoupled_weight_decay', 0.1, "needs config.optimizer=adamw (it is 'rmsprop')"),
+    ('freeze_backbone', True, 'config.freeze_backbone=True needs config.init_from'),
+    ('reinit_classifier', True, 'config.reinit_classifier=True needs config.init_from'),
 ])
 def test_config_guardrails(tiny_config, field, value, message):
     config = tiny_config(**RMSPROP)

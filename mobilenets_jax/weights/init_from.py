@@ -2,7 +2,8 @@
 or a released file of a supported source.
 
 Every variable of the new model is taken from the pretrained ones and must have the same shape, except the
-classifier's when the class count differs: that one keeps its fresh initialisation, and the log says so.
+classifier's when the class count differs (or `config.reinit_classifier` asks for a new one for a new task):
+that one keeps its fresh initialisation, and the log says so.
 A variable with no counterpart, or one left over, is an error naming it (nothing is dropped silently).
 """
 from __future__ import annotations
@@ -14,7 +15,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-CLASSIFIER = 'classifier'
+from mobilenets_jax.optim import CLASSIFIER
 
 
 def _flat(tree: dict) -> dict:
@@ -22,9 +23,9 @@ def _flat(tree: dict) -> dict:
             for path, leaf in jax.tree_util.tree_leaves_with_path(tree)}
 
 
-def merge(fresh: dict, pretrained: dict) -> tuple[dict, list]:
+def merge(fresh: dict, pretrained: dict, *, reinit_classifier: bool = False) -> tuple[dict, list]:
     """`fresh` ({'params', 'batch_stats'}) with every leaf taken from `pretrained`, the classifier excepted
-    when its shape differs; returns (merged, names of the leaves kept fresh)."""
+    when its shape differs or `reinit_classifier`; returns (merged, names of the leaves kept fresh)."""
     fresh_flat, pretrained_flat = _flat(fresh), _flat(pretrained)
     missing = sorted(set(fresh_flat) - set(pretrained_flat))
     unused = sorted(set(pretrained_flat) - set(fresh_flat))
@@ -36,9 +37,10 @@ def merge(fresh: dict, pretrained: dict) -> tuple[dict, list]:
     for path, leaf in paths:
         name = jax.tree_util.keystr(path, simple=True, separator='/')
         loaded = pretrained_flat[name]
-        if tuple(loaded.shape) == tuple(leaf.shape):
+        in_classifier = name.split('/')[1:2] == [CLASSIFIER]
+        if tuple(loaded.shape) == tuple(leaf.shape) and not (reinit_classifier and in_classifier):
             values.append(np.asarray(loaded, dtype=leaf.dtype))
-        elif name.split('/')[1:2] == [CLASSIFIER]:
+        elif in_classifier:
             kept_fresh.append(name)
             values.append(leaf)
         else:
@@ -104,8 +106,9 @@ def _warn_about_other_options(source_options: dict, config: ml_collections.Confi
 
 def initial_variables(fresh: dict, config: ml_collections.ConfigDict) -> dict:
     """`fresh` overwritten by `config.init_from`'s weights (see `merge`); logs what was kept fresh."""
-    merged, kept_fresh = merge(fresh, pretrained_variables(config.init_from, config))
+    reinit = bool(config.get('reinit_classifier'))
+    merged, kept_fresh = merge(fresh, pretrained_variables(config.init_from, config), reinit_classifier=reinit)
+    why = 'config.reinit_classifier' if reinit else 'class count differs'
     logging.info('Initialised from %s; %s', config.init_from,
-                 f're-initialised (class count differs): {", ".join(kept_fresh)}' if kept_fresh
-                 else 'every variable loaded')
+                 f're-initialised ({why}): {", ".join(kept_fresh)}' if kept_fresh else 'every variable loaded')
     return merged
