@@ -1,0 +1,196 @@
+"""Export to SavedModel / TFLite (float, int8) / ONNX, run by the real runtimes (LiteRT, onnxruntime, TF).
+
+Parity criterion (issue 22): exported float logits within 1e-4 × max |logit| of JAX's.
+"""
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+import mobilenets_jax as mj
+from mobilenets_jax import checkpoints
+from mobilenets_jax.export import formats, report, runtime
+
+pytest.importorskip('ai_edge_litert')
+pytest.importorskip('onnxruntime')
+pytest.importorskip('jax2onnx')
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RELATIVE_TOLERANCE = 1e-4
+
+
+def random_variables(model, image_size, seed=0):
+    """Initialised weights with non-trivial biases and BatchNorm statistics, so every term of the
+    inference graph (BN folding included) is exercised."""
+    variables = mj.init_variables(model, seed, (1, image_size, image_size, 3))
+    rng = np.random.RandomState(seed)
+
+    def stats(path, leaf):
+        name = str(path[-1])
+        values = rng.uniform(0.5, 1.5, leaf.shape) if 'var' in name else rng.normal(0.0, 0.1, leaf.shape)
+        return values.astype(np.float32)
+
+    def params(path, leaf):
+        name = str(path[-1])
+        if 'kernel' in name:
+            return np.asarray(leaf)
+        return (rng.uniform(0.8, 1.2, leaf.shape) if 'scale' in name else rng.normal(0.0, 0.1, leaf.shape)).astype(
+            np.float32)
+    return {'params': jax.tree_util.tree_map_with_path(params, variables['params']),
+            'batch_stats': jax.tree_util.tree_map_with_path(stats, variables.get('batch_stats', {}))}
+
+
+def images(count, size, seed=1):
+    return np.random.RandomState(seed).uniform(0.0, 1.0, (count, size, size, 3)).astype(np.float32)
+
+
+def assert_parity(exported_logits, reference):
+    scale = np.abs(reference).max()
+    assert scale > 0
+    assert np.abs(exported_logits - reference).max() <= RELATIVE_TOLERANCE * scale
+
+
+@pytest.fixture(scope='module')
+def digits_model():
+    model = mj.create_model('cifar_mobilenet_v1', num_classes=10, alpha=0.5)
+    return model, random_variables(model, 16)
+
+
+@pytest.mark.parametrize('fmt', ['tflite', pytest.param('saved_model', marks=pytest.mark.slow),
+                                 pytest.param('onnx', marks=pytest.mark.slow)])
+def test_float_formats_match_jax_and_record_preprocessing(digits_model, fmt, tmp_path):
+    model, variables = digits_model
+    batch = images(5, 16)
+    path = formats.export(model, variables, fmt, str(tmp_path / f'model.{fmt}'), image_size=16,
+                          normalization='unit')
+    assert_parity(runtime.load(path, fmt)(batch), np.asarray(model.apply(variables, batch, train=False)))
+    record = formats.read_preprocessing(path, fmt)
+    assert record['normalization'] == 'unit' and record['formula'] == 'x / 255' and record['image_size'] == 16
+
+
+def test_tflite_float_is_builtin_convolutions(digits_model, tmp_path):
+    """The export form reaches TFLite as CONV_2D / DEPTHWISE_CONV_2D, not im2col gathers or matmuls."""
+    from ai_edge_litert import interpreter as litert
+    model, variables = digits_model
+    path = formats.export(model, variables, 'tflite', str(tmp_path / 'm.tflite'), image_size=16)
+    ops = {op['op_name'] for op in litert.Interpreter(model_path=path)._get_ops_details()}
+    assert {'CONV_2D', 'DEPTHWISE_CONV_2D'} <= ops
+    assert not ops & {'GATHER', 'BATCH_MATMUL', 'STRIDED_SLICE'}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('int8_io', [False, True])
+def test_int8_runs_and_mostly_agrees(digits_model, int8_io, tmp_path):
+    model, variables = digits_model
+    calibration, batch = images(64, 16, seed=2), images(64, 16, seed=3)
+    path = formats.export(model, variables, 'tflite_int8', str(tmp_path / 'm.tflite'), image_size=16,
+                          calibration_images=calibration, int8_io=int8_io)
+    from ai_edge_litert.interpreter import Interpreter
+    source = Interpreter(model_path=path).get_input_details()[0]
+    assert source['dtype'] == (np.int8 if int8_io else np.float32)
+    exported = runtime.load(path, 'tflite_int8')(batch)
+    reference = np.asarray(model.apply(variables, batch, train=False))
+    assert np.mean(exported.argmax(-1) == reference.argmax(-1)) >= 0.8
+    assert np.abs(exported - reference).max() <= 0.2 * np.abs(reference).max()
+
+
+def test_errors_before_anything_is_traced(digits_model, tmp_path):
+    model, variables = digits_model
+    with pytest.raises(ValueError, match="unknown export format 'coreml'; allowed: saved_model, tflite"):
+        formats.export(model, variables, 'coreml', str(tmp_path / 'x'), image_size=16)
+    with pytest.raises(ValueError, match='needs calibration_images'):
+        formats.export(model, variables, 'tflite_int8', str(tmp_path / 'x'), image_size=16)
+    with pytest.raises(ValueError, match=r'expected \(N, 16, 16, 3\)'):
+        formats.export(model, variables, 'tflite_int8', str(tmp_path / 'x'), image_size=16,
+                       calibration_images=np.zeros((4, 8, 8, 3)))
+    with pytest.raises(ValueError, match='too small'):
+        formats.export(model, variables, 'tflite', str(tmp_path / 'x'), image_size=2)
+    assert not os.listdir(tmp_path)
+
+
+def test_missing_extra_names_the_pip_command(monkeypatch):
+    real = formats.importlib.util.find_spec
+    monkeypatch.setattr(formats.importlib.util, 'find_spec',
+                        lambda name, *a: None if name == 'jax2onnx' else real(name, *a))
+    with pytest.raises(ValueError, match=r'needs jax2onnx, which is not installed; run pip install '
+                                         r'"mobilenets_jax\[export\]"'):
+        formats.check_extras('onnx')
+
+
+# ----------------------------------------------------------------------------------------------
+# The CLI on a checkpoint (written with checkpoints.save_converted: no training needed)
+# ----------------------------------------------------------------------------------------------
+
+def _digits_workdir(tmp_path, model, variables):
+    from configs import digits
+    config = digits.get_config()
+    config.ema_decay = 0.0     # converted-style weights: raw only
+    workdir = str(tmp_path / 'run')
+    checkpoints.save_converted(workdir, variables, checkpoints.CheckpointMetadata.from_config(config), step=7)
+    return workdir
+
+
+def _run_cli(*args, timeout=600):
+    env = dict(os.environ, JAX_NUM_CPU_DEVICES='1')
+    return subprocess.run([sys.executable, os.path.join(REPO, 'export.py'), *args], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def test_cli_one_line_errors(digits_model, tmp_path):
+    model, variables = digits_model
+    workdir = _digits_workdir(tmp_path, model, variables)
+    common = ['--config=configs/digits.py', f'--workdir={workdir}', f'--output={tmp_path / "m.tflite"}']
+    bad_format = _run_cli(*common, '--format=coreml')
+    assert bad_format.returncode == 2 and 'coreml' in bad_format.stderr and 'tflite_int8' in bad_format.stderr
+    assert 'Traceback' not in bad_format.stderr
+    bad_step = _run_cli(*common, '--format=tflite', '--step=3')
+    assert bad_step.returncode == 2
+    assert bad_step.stderr.strip().splitlines()[-1] == (
+        f'error: no checkpoint for step 3 in {workdir}/checkpoints; existing steps: 7')
+    other_model = _run_cli(*common, '--format=tflite', '--config.model.name=cifar_mobilenet_v2')
+    assert other_model.returncode == 2 and 'does not fit the config' in other_model.stderr.splitlines()[-1]
+
+
+@pytest.mark.slow
+def test_cli_reports_parity_accuracy_and_latency(digits_model, tmp_path):
+    model, variables = digits_model
+    workdir = _digits_workdir(tmp_path, model, variables)
+    output = tmp_path / 'digits.tflite'
+    result = _run_cli('--config=configs/digits.py', f'--workdir={workdir}', '--format=tflite',
+                      f'--output={output}', f'--config.data_dir={tmp_path / "tfds"}')
+    assert result.returncode == 0, result.stderr[-2000:]
+    record = json.loads(result.stdout.strip().splitlines()[-1])
+    assert record['step'] == 7 and record['weights'] == 'raw' and record['num_examples'] == 360
+    assert record['relative_logit_diff'] <= RELATIVE_TOLERANCE and record['top1_agreement'] >= 0.99
+    assert record['file_bytes'] == os.path.getsize(output)
+    assert record['latency_ms_1_thread'] > 0 and record['jax_latency_ms_all_cores'] > 0
+    assert 'top-1 agreement' in result.stdout
+
+
+# ----------------------------------------------------------------------------------------------
+# Every architecture (slow tier)
+# ----------------------------------------------------------------------------------------------
+
+def _small(name):
+    """A small instance of each architecture (32-64 px) and its input size."""
+    if name.startswith('cifar'):
+        return mj.create_model(name, num_classes=10, alpha=0.5), 32
+    alpha = {'shufflenet_v2': 0.5, 'shufflenet_v1': 0.25}.get(name, 0.35)
+    size = max(64, mj.get_spec(name).min_input_size)
+    return mj.create_model(name, num_classes=10, alpha=alpha), size
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('name', mj.list_models())
+def test_every_architecture_exports_with_parity(name, tmp_path):
+    model, size = _small(name)
+    variables = random_variables(model, size)
+    batch = images(2, size) * 2.0 - 1.0
+    reference = np.asarray(model.apply(variables, batch, train=False))
+    for fmt in ('tflite', 'onnx'):
+        path = formats.export(model, variables, fmt, str(tmp_path / f'm.{fmt}'), image_size=size)
+        assert_parity(runtime.load(path, fmt)(batch), reference)
