@@ -173,7 +173,8 @@ def max_pool(x, window: int, strides: int, padding, impl: str = 'auto'):
     `ops.shifted_max_pool` (same numbers, ties included).
     """
     if ops.check_depthwise_impl(impl) == 'xla':
-        return nn.max_pool(x, (window, window), (strides, strides), padding=padding)
+        # keywords: jax2onnx replaces nn.max_pool with a keyword-only twin while it traces (export)
+        return nn.max_pool(x, window_shape=(window, window), strides=(strides, strides), padding=padding)
     return ops.shifted_max_pool(x, window, strides, padding)
 
 
@@ -183,7 +184,7 @@ def avg_pool(x, window: int, strides: int, padding, impl: str = 'auto'):
     'xla' is `nn.avg_pool` (`lax.reduce_window`); the other implementations `ops.shifted_avg_pool`.
     """
     if ops.check_depthwise_impl(impl) == 'xla':
-        return nn.avg_pool(x, (window, window), (strides, strides), padding=padding)
+        return nn.avg_pool(x, window_shape=(window, window), strides=(strides, strides), padding=padding)
     return ops.shifted_avg_pool(x, window, strides, padding)
 
 
