@@ -14,11 +14,13 @@ __all__ = ['abstract_variables', 'init_variables', 'create_model', 'list_models'
 def load_pretrained(path: str, source: str = 'keras', *, model: str, alpha: float = 1.0, **options):
     """Reads a released weight file; returns `(module, {'params', 'batch_stats'})`.
 
-    The module is built with the options the source trained with (Keras: BatchNorm epsilon 1e-3, ReLU6 in
-    MobileNet V1, TF SAME padding); `options` go to `create_model` and override them (e.g. `dtype`). The
-    classifier width is the file's. A file that does not fit raises ValueError naming the first layer that
-    differs, both shapes and what probably differs. Inputs: see `mobilenets_jax.weights.load(...).normalization`
-    (Keras: [-1, 1], our 'inception' normalization).
+    `source`: 'keras' (applications `.h5`), 'torchvision' (`.pth`, needs torch) or 'timm'
+    (`model.safetensors`, with the hub's `config.json` beside it when available). The module is built with
+    the options the source trained with (Keras: BatchNorm epsilon 1e-3, ReLU6 in MobileNet V1, TF SAME
+    padding; torchvision and timm: symmetric padding, their epsilons); `options` go to `create_model` and
+    override them (e.g. `dtype`). The classifier width is the file's. A file that does not fit raises
+    ValueError naming the first layer that differs, both shapes and what probably differs. The input range
+    the weights expect: `mobilenets_jax.weights.load(...).normalization` (docs/pretrained.md).
     """
     from mobilenets_jax import weights
     converted = weights.load(path, source=source, model=model, alpha=alpha, **options)
