@@ -11,9 +11,9 @@ EMA; bfloat16; RandAugment (magnitude 15, Cutout excluded) and Mixup 0.8 / CutMi
 mean/std normalization; eval central crop 0.875.
 
 What our trainer cannot express yet: RandAugment, Mixup and CutMix (training sees only the crop and flip);
-stochastic depth; 1001 classes (TFDS has 1000); the cosine's end value: `alpha` 0.001 blends the rate towards
-0.001 × 0.01, our `lr_floor_factor` 0.001 clamps it there instead (the two differ by at most 0.001 × the base rate).
-The rest is the conv-medium config's mapping.
+stochastic depth; 1001 classes (TFDS has 1000). The cosine's `alpha` 0.001 (official/modeling/optimization
+`lr_schedule.CosineDecayWithOffset` wraps Keras `CosineDecay`: (1 − alpha)·cosine + alpha) is
+`config.cosine_end_factor`. The rest is the conv-medium config's mapping.
 Expected: 83.7% top-1 with the recipe's augmentation and stochastic depth; expect less without them.
 """
 from configs import mobilenet_v4_conv_medium_imagenet
@@ -26,7 +26,7 @@ def get_config():
     config.batch_size = 16384
     config.decoupled_weight_decay = 0.2
     config.learning_rate = 0.01          # at 16384, no scaling rule
-    config.lr_floor_factor = 0.001       # the cosine's alpha, as a floor (see above)
+    config.cosine_end_factor = 0.001     # the cosine's alpha
     config.warmup_epochs = 20.0          # 1560 steps at 16384
     config.num_epochs = 500.0            # 39,000 steps at 16384 ...
     config.num_train_steps = 39_000      # ... which sets the run's length

@@ -60,6 +60,7 @@ def default_config() -> ml_collections.ConfigDict:
     config.lr_decay_rate = 0.94
     config.lr_decay_epochs = 2.5
     config.lr_floor_factor = 0.0         # the rate never falls below this fraction of the base rate
+    config.cosine_end_factor = 0.0       # 'cosine' ends at this fraction of the base rate (Keras CosineDecay's alpha)
     config.weight_decay = 4e-5           # coupled L2 (wd·w added to the gradient) on conv/dense kernels ...
     config.weight_decay_depthwise = False  # ... and on depthwise kernels too when True (never BN, biases)
     config.decoupled_weight_decay = 0.0  # 'adamw' only: w -= lr·decay·w on every parameter but BatchNorm's
@@ -120,8 +121,9 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int) -> None
         raise ValueError(f'config.learning_rate={config.learning_rate!r}: must be > 0')
     if config.divergence_factor != 0 and not config.divergence_factor > 1:
         raise ValueError(f'config.divergence_factor={config.divergence_factor!r}: must be > 1 (0 turns it off)')
-    if not 0.0 <= config.lr_floor_factor < 1.0:
-        raise ValueError(f'config.lr_floor_factor={config.lr_floor_factor!r}: must be in [0, 1)')
+    for field in ('lr_floor_factor', 'cosine_end_factor'):
+        if not 0.0 <= config[field] < 1.0:
+            raise ValueError(f'config.{field}={config[field]!r}: must be in [0, 1)')
     for field in ('weight_decay', 'decoupled_weight_decay', 'rmsprop_initial_scale', 'warmup_epochs'):
         if config[field] < 0:
             raise ValueError(f'config.{field}={config[field]!r}: must be >= 0')

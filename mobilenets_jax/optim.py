@@ -128,7 +128,8 @@ def learning_rate_schedule(
       warmup ends.
     * ``'cosine'``: from ``base`` at the end of warmup to
       ``base * end_learning_rate_factor`` at ``num_epochs * steps_per_epoch``,
-      constant afterwards.
+      constant afterwards: ``base * ((1 - f) * 0.5 * (1 + cos(pi * t / T)) + f)``,
+      Keras ``CosineDecay`` with ``alpha=f``.
     * ``'linear'``: from ``base`` at the end of warmup to 0 at
       ``num_epochs * steps_per_epoch`` (the ShuffleNet papers).
     * ``'constant'``: ``base`` after the warmup.
@@ -460,7 +461,7 @@ def optimizer_from_config(config, *, steps_per_epoch: int, num_epochs: float, wa
         base_learning_rate=base_learning_rate, steps_per_epoch=steps_per_epoch, num_epochs=num_epochs,
         warmup_epochs=warmup_epochs, schedule=config.schedule, decay_rate=config.lr_decay_rate,
         decay_epochs=config.lr_decay_epochs, warmup_style=config.warmup_style,
-        floor_factor=config.lr_floor_factor)
+        floor_factor=config.lr_floor_factor, end_learning_rate_factor=config.get('cosine_end_factor', 0.0))
     return learning_rate_fn, transform_from_config(config, learning_rate_fn)
 
 

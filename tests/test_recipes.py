@@ -73,6 +73,54 @@ RECIPES = {
         {'total_steps': 300_000, 0: 0.5, 299_999: 0.5 / 300_000}),
 }
 
+# MobileNetV4 (official/vision YAMLs): AdamW with decoupled decay on all but BatchNorm, cosine decay from the
+# absolute step 0 with a linear warmup over 1560 steps to its value there (LinearWarmup + CosineDecayWithOffset).
+_OV_ADAMW = dict(_OV_BASE, **{'optimizer': 'adamw', 'adam_epsilon': 1e-7, 'weight_decay': 0.0, 'schedule': 'cosine',
+                              'ema_decay': 0.0})
+
+
+def _keras_cosine(base, total, alpha=0.0):
+    """tf.keras CosineDecay(base, total, alpha) at a step: base * ((1 - alpha) * 0.5 * (1 + cos(pi t / T)) + alpha)."""
+    return lambda step: base * ((1 - alpha) * 0.5 * (1 + np.cos(np.pi * min(step, total) / total)) + alpha)
+
+
+def _warmed_cosine(base, total, alpha=0.0, warmup=1560, steps=(1, 780, 1560, 20_000)):
+    cosine = _keras_cosine(base, total, alpha)
+    table = {'total_steps': total, 0: 0.0, total - 1: cosine(total - 1)}
+    table.update({step: cosine(warmup) * step / warmup if step < warmup else cosine(step) for step in steps})
+    return table
+
+
+RECIPES.update({
+    'mobilenet_v4_conv_small_imagenet': (
+        OFFICIAL_VISION + 'imagenet_mobilenetv4_conv_small_tpu.yaml', '73.8%',
+        dict(_OV_ADAMW, **{'model.name': 'mobilenet_v4_conv_small', 'rho': 1.0, 'half_precision': False,
+                           'model.bn_momentum': 0.95, 'model.bn_epsilon': 1e-6, 'model.dropout_rate': 0.3,
+                           'adam_epsilon': 1e-6, 'decoupled_weight_decay': 0.01, 'weight_decay': 1e-5,
+                           'ema_decay': 0.9999}),
+        _warmed_cosine(0.002, 3_002_368)),
+    'mobilenet_v4_conv_medium_imagenet': (
+        OFFICIAL_VISION + 'imagenet_mobilenetv4_conv_medium_tpu.yaml', '79.9%',
+        dict(_OV_ADAMW, **{'model.name': 'mobilenet_v4_conv_medium', 'rho': 256 / 224,
+                           'decoupled_weight_decay': 0.1}),
+        _warmed_cosine(0.004, 156_000)),
+    'mobilenet_v4_conv_large_imagenet': (
+        OFFICIAL_VISION + 'imagenet_mobilenetv4_conv_large_tpu.yaml', '82.92%',
+        dict(_OV_ADAMW, **{'model.name': 'mobilenet_v4_conv_large', 'rho': 384 / 224, 'batch_size': 16384,
+                           'decoupled_weight_decay': 0.2}),
+        _warmed_cosine(0.004, 39_000)),
+    'mobilenet_v4_hybrid_medium_imagenet': (
+        OFFICIAL_VISION + 'imagenet_mobilenetv4_hybrid_medium_tpu.yaml', '80.7%',
+        dict(_OV_ADAMW, **{'model.name': 'mobilenet_v4_hybrid_medium', 'rho': 256 / 224, 'batch_size': 16384,
+                           'decoupled_weight_decay': 0.1}),
+        _warmed_cosine(0.016, 39_000)),
+    'mobilenet_v4_hybrid_large_imagenet': (
+        OFFICIAL_VISION + 'imagenet_mobilenetv4_hybrid_large_tpu.yaml', '83.7%',
+        dict(_OV_ADAMW, **{'model.name': 'mobilenet_v4_hybrid_large', 'rho': 384 / 224, 'batch_size': 16384,
+                           'decoupled_weight_decay': 0.2, 'cosine_end_factor': 0.001}),
+        _warmed_cosine(0.01, 39_000, alpha=0.001)),
+})
+
 
 def _config(name):
     return importlib.import_module(f'configs.{name}').get_config()
@@ -88,8 +136,7 @@ def _field(config, dotted):
 def test_every_imagenet_config_has_a_recipe():
     from tests.test_train import CONFIG_NAMES
     imagenet = {n for n in CONFIG_NAMES if _config(n).dataset == 'imagenet2012' and n != 'default'}
-    assert imagenet - set(RECIPES) <= {n for n in imagenet if n.startswith('mobilenet_v4')}, (
-        'an ImageNet config without a recipe row here')
+    assert imagenet == set(RECIPES), f'ImageNet configs without a recipe row here: {imagenet - set(RECIPES)}'
 
 
 @pytest.mark.parametrize('name', sorted(RECIPES))
