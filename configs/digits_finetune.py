@@ -8,7 +8,9 @@ classifier, which `reinit_classifier` draws afresh; `freeze_backbone` then train
 For your own data, point `--config.init_from` at a workdir or a converted/released weight file
 (`convert.py`), set the dataset, and drop `reinit_classifier` (a new class count re-initialises the
 classifier by itself). Expected: the frozen features carry the task, so 3 epochs of the classifier alone
-reach about the quickstart's own top-1 (>= 95%).
+reach about the quickstart's own top-1 (>= 95%). Measured: 98.89% after 1 epoch, 99.44% after 3 (EMA weights,
+360 test examples; `make quickstart` (99.17%) then the two commands above, 2026-12-02, this 2-core VM; eval.py
+gives the same 99.44%).
 """
 from configs import digits
 
