@@ -27,7 +27,7 @@ _BATCH_NORM_KEYS = {'scale': 'weight', 'bias': 'bias', 'mean': 'running_mean', '
 
 @dataclasses.dataclass(frozen=True)
 class Layer:
-    """One of our layers that holds weights: module path, kind ('conv', 'depthwise', 'bn', 'dense') and
+    """One of our layers that holds weights: module path, kind ('conv', 'depthwise', 'bn', 'dense', 'layer_scale') and
     our leaf shapes (kernel/bias, or scale/bias/mean/var)."""
     path: tuple
     kind: str
@@ -60,6 +60,8 @@ def our_layers(params: dict, batch_stats: dict, path: tuple = ()) -> list[Layer]
     keys = set(params)
     if keys == {'conv'} and not any(isinstance(v, dict) for v in params['conv'].values()):
         return [Layer(path, 'conv', {k: _shape(v) for k, v in params['conv'].items()})]
+    if keys == {'gamma'}:   # a layer scale (MobileNetV4): one per-channel vector, stored as `.gamma` in torch too
+        return [Layer(path, 'layer_scale', {'gamma': _shape(params['gamma'])})]
     if keys == {'scale', 'bias'}:
         return [Layer(path, 'bn', {'scale': _shape(params['scale']), 'bias': _shape(params['bias']),
                                    'mean': _shape(batch_stats['mean']), 'var': _shape(batch_stats['var'])})]
@@ -97,6 +99,8 @@ def torch_tensors(layer: Layer, entry: Entry) -> dict:
     """The state-dict keys of one of our layers and the shapes the file must have there (torch layout)."""
     if layer.kind == 'bn':
         return {f'{entry.prefix}.{theirs}': layer.shapes[ours] for ours, theirs in _BATCH_NORM_KEYS.items()}
+    if layer.kind == 'layer_scale':
+        return {f'{entry.prefix}.gamma': layer.shapes['gamma']}
     kernel = layer.shapes['kernel']
     if layer.kind == 'dense' or entry.linear:
         expected = {f'{entry.prefix}.weight': (kernel[-1], int(np.prod(kernel[:-1])))}
@@ -112,6 +116,8 @@ def _converted(layer: Layer, entry: Entry, state: dict) -> tuple[dict, dict]:
     if layer.kind == 'bn':
         return ({'scale': state[f'{entry.prefix}.weight'], 'bias': state[f'{entry.prefix}.bias']},
                 {'mean': state[f'{entry.prefix}.running_mean'], 'var': state[f'{entry.prefix}.running_var']})
+    if layer.kind == 'layer_scale':
+        return {'gamma': state[f'{entry.prefix}.gamma']}, {}
     weight = state[f'{entry.prefix}.weight']
     if weight.ndim == 2:
         kernel = weight.T.reshape(layer.shapes['kernel'])

@@ -1,4 +1,4 @@
-"""timm `model.safetensors` files (the model hub's release format): mobilenetv1, mobilenetv2, mobilenetv3.
+"""timm `model.safetensors` files (the model hub's release format): mobilenetv1, mobilenetv2, mobilenetv3, mobilenetv4.
 
 Reading needs `safetensors` only (`safetensors.numpy.load_file`); a timm `.pth`/`.bin` state dict is read
 with torch. Key names come from timm's source (huggingface/pytorch-image-models):
@@ -12,9 +12,21 @@ with torch. Key names come from timm's source (huggingface/pytorch-image-models)
   `se.conv_expand`], `conv_pw`, `bn2`; InvertedResidual = `conv_pw`, `bn1`, `conv_dw`, `bn2`, [`se`],
   `conv_pwl`, `bn3`.
 
+* MobileNetV4 (`timm/models/mobilenetv3.py` `_gen_mobilenet_v4`: a `MobileNetV3` with `head_norm=True`,
+  `head_bias=False`; blocks from `_efficientnet_blocks.py`, attention from `timm/layers/attention2d.py`):
+  `conv_stem`, `bn1`, `blocks.S.I`, the 960-wide last conv as the ConvBnAct `blocks.4.0` (`conv`, `bn1`),
+  then `conv_head` (1×1, no bias, after pooling), `norm_head`, `classifier`. Per block: ConvBnAct 'cn' =
+  `conv`, `bn1`; EdgeResidual 'er' (our FusedIB) = `conv_exp`, `bn1`, `conv_pwl`, `bn2`;
+  UniversalInvertedResidual 'uir' = `dw_start`, `pw_exp`, `dw_mid`, `pw_proj` (each a ConvNormAct: `.conv`,
+  `.bn`) and `layer_scale.gamma` (LayerScale2d, hybrids only); MobileAttention 'mqa' = `norm`, then
+  MultiQueryAttention2d `attn.query.proj`, `attn.key.[down_conv, norm,] proj`, `attn.value.[...]`,
+  `attn.output.proj` (down_conv/norm only with KV stride 2), and `layer_scale.gamma`. The query's channels are
+  head-major (`reshape(B, heads, key_dim, HW)`), as ours.
+
 Options the models are built with in timm: BatchNorm2d's default ε 1e-5, padding `((stride - 1) +
 (k - 1)) // 2` = k // 2 on each side for these strides (our 'symmetric'), ReLU6 in V1 and V2
-(`resolve_act_layer(kwargs, 'relu6')`). Inputs differ per pretrained tag: the `config.json` the hub
+(`resolve_act_layer(kwargs, 'relu6')`); MobileNetV4 ReLU, GELU (erf form) in hybrid-large, both fixed by
+our variants, layer scale on the hybrids' UIB and attention blocks. Inputs differ per pretrained tag: the `config.json` the hub
 stores beside `model.safetensors` holds `pretrained_cfg.mean`/`std`, which this reader maps to our
 normalization ('imagenet': mean (0.485, 0.456, 0.406) / std (0.229, 0.224, 0.225); 'inception': 0.5/0.5,
 i.e. [-1, 1], the ra4 tags; 'unit': 0/1, the miil tags). Without a config.json the model's default tag's
@@ -40,19 +52,45 @@ TIMM_NAMES = {('mobilenet_v1', 1.0): 'mobilenetv1_100', ('mobilenet_v1', 1.25): 
               ('mobilenet_v3_large', 1.0): 'mobilenetv3_large_100',
               ('mobilenet_v3_small', 0.5): 'mobilenetv3_small_050',
               ('mobilenet_v3_small', 0.75): 'mobilenetv3_small_075',
-              ('mobilenet_v3_small', 1.0): 'mobilenetv3_small_100'}
-MODELS = ('mobilenet_v1', 'mobilenet_v2', 'mobilenet_v3_large', 'mobilenet_v3_small')
+              ('mobilenet_v3_small', 1.0): 'mobilenetv3_small_100',
+              # MobileNetV4 (timm/models/mobilenetv3.py): _035, _075 are registered 'untrained' (no hub file);
+              # the anti-aliased mobilenetv4_conv_aa_* / _conv_blur_* have pooling layers our model lacks.
+              ('mobilenet_v4_conv_small', 0.35): 'mobilenetv4_conv_small_035',
+              ('mobilenet_v4_conv_small', 0.5): 'mobilenetv4_conv_small_050',
+              ('mobilenet_v4_conv_small', 1.0): 'mobilenetv4_conv_small',
+              ('mobilenet_v4_conv_medium', 1.0): 'mobilenetv4_conv_medium',
+              ('mobilenet_v4_conv_large', 1.0): 'mobilenetv4_conv_large',
+              ('mobilenet_v4_hybrid_medium', 0.75): 'mobilenetv4_hybrid_medium_075',
+              ('mobilenet_v4_hybrid_medium', 1.0): 'mobilenetv4_hybrid_medium',
+              ('mobilenet_v4_hybrid_large', 0.75): 'mobilenetv4_hybrid_large_075',
+              ('mobilenet_v4_hybrid_large', 1.0): 'mobilenetv4_hybrid_large'}
+MOBILENET_V4 = ('mobilenet_v4_conv_small', 'mobilenet_v4_conv_medium', 'mobilenet_v4_conv_large',
+                'mobilenet_v4_hybrid_medium', 'mobilenet_v4_hybrid_large')
+MODELS = ('mobilenet_v1', 'mobilenet_v2', 'mobilenet_v3_large', 'mobilenet_v3_small') + MOBILENET_V4
 # Blocks per stage of each arch_def (the stages before V3's final ConvBnAct stage).
 STAGE_REPEATS = {'mobilenet_v1': (1, 2, 2, 6, 2), 'mobilenet_v2': (1, 2, 3, 4, 3, 3, 1),
-                 'mobilenet_v3_large': (1, 2, 3, 4, 2, 3), 'mobilenet_v3_small': (1, 2, 3, 2, 3)}
+                 'mobilenet_v3_large': (1, 2, 3, 4, 2, 3), 'mobilenet_v3_small': (1, 2, 3, 2, 3),
+                 # _gen_mobilenet_v4's arch_def stages (repeats r expanded), each opening with its stride-2 block;
+                 # stage 4 is the 960-wide 'cn' conv (our `last`).
+                 'mobilenet_v4_conv_small': (2, 2, 6, 6), 'mobilenet_v4_conv_medium': (1, 2, 8, 11),
+                 'mobilenet_v4_conv_large': (1, 2, 11, 13), 'mobilenet_v4_hybrid_medium': (1, 2, 12, 16),
+                 'mobilenet_v4_hybrid_large': (1, 2, 15, 18)}
 BUILD_OPTIONS = {'mobilenet_v1': dict(activation='relu6', bn_epsilon=1e-5, padding_style='symmetric'),
                  'mobilenet_v2': dict(bn_epsilon=1e-5, padding_style='symmetric'),
                  'mobilenet_v3_large': dict(bn_epsilon=1e-5, padding_style='symmetric'),
-                 'mobilenet_v3_small': dict(bn_epsilon=1e-5, padding_style='symmetric')}
+                 'mobilenet_v3_small': dict(bn_epsilon=1e-5, padding_style='symmetric'),
+                 # MobileNetV4: nn.BatchNorm2d (resolve_bn_args without overrides), timm's default pad_type ''.
+                 **{name: dict(bn_epsilon=1e-5, padding_style='symmetric') for name in MOBILENET_V4}}
 # timm's default pretrained tag per model (the first in its default_cfgs): mobilenetv1_100.ra4_e3600_r224_in1k
 # (mean = std = 0.5), mobilenetv2_100.ra_in1k, mobilenetv3_large_100.ra_in1k, mobilenetv3_small_100.lamb_in1k.
+# MobileNetV4 (mobilenetv3.py default_cfgs): conv_small.e2400_r224_in1k, conv_medium.e500_r256_in1k,
+# conv_large.e600_r384_in1k, hybrid_medium.e200_r256_in12k_ft_in1k, hybrid_large.ix_e600_r384_in1k and the
+# untrained _075 hybrids use ImageNet mean/std; conv_small_050.e3000_r224_in1k and _035 use 0.5/0.5.
 DEFAULT_NORMALIZATION = {'mobilenet_v1': 'inception', 'mobilenet_v2': 'imagenet', 'mobilenet_v3_large': 'imagenet',
-                         'mobilenet_v3_small': 'imagenet'}
+                         'mobilenet_v3_small': 'imagenet', **{name: 'imagenet' for name in MOBILENET_V4}}
+# Default tags whose normalization differs from their model's (by timm name).
+DEFAULT_NORMALIZATION_OF_TIMM_NAME = {'mobilenetv4_conv_small_050': 'inception',
+                                      'mobilenetv4_conv_small_035': 'inception'}
 _MEAN_STD = {'imagenet': ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)), 'inception': ((0.5,) * 3, (0.5,) * 3),
              'unit': ((0.0,) * 3, (1.0,) * 3)}
 _DEPTHWISE_SEPARABLE = {'depthwise': 'conv_dw', 'depthwise_bn': 'bn1', 'pointwise': 'conv_pw', 'pointwise_bn': 'bn2',
@@ -60,6 +98,18 @@ _DEPTHWISE_SEPARABLE = {'depthwise': 'conv_dw', 'depthwise_bn': 'bn1', 'pointwis
 _INVERTED_RESIDUAL = {'expand': 'conv_pw', 'expand_bn': 'bn1', 'depthwise': 'conv_dw', 'depthwise_bn': 'bn2',
                       'project': 'conv_pwl', 'project_bn': 'bn3'}
 _SQUEEZE_EXCITE = {'reduce': 'se.conv_reduce', 'expand': 'se.conv_expand'}
+# MobileNetV4 blocks: our sub-layer path (after block_N) -> timm's name inside blocks.S.I, per block kind.
+_MNV4_CONV_BN = {('conv',): 'conv', ('bn',): 'bn1'}
+_MNV4_FUSED_IB = {('expand',): 'conv_exp', ('expand_bn',): 'bn1', ('project',): 'conv_pwl', ('project_bn',): 'bn2'}
+_MNV4_UIB = {('start_depthwise',): 'dw_start.conv', ('start_depthwise_bn',): 'dw_start.bn',
+             ('expand',): 'pw_exp.conv', ('expand_bn',): 'pw_exp.bn', ('middle_depthwise',): 'dw_mid.conv',
+             ('middle_depthwise_bn',): 'dw_mid.bn', ('project',): 'pw_proj.conv', ('project_bn',): 'pw_proj.bn',
+             ('layer_scale',): 'layer_scale'}
+_MNV4_MQA = {('input_bn',): 'norm', ('attention', 'query'): 'attn.query.proj',
+             ('attention', 'key_depthwise'): 'attn.key.down_conv', ('attention', 'key_depthwise_bn'): 'attn.key.norm',
+             ('attention', 'key'): 'attn.key.proj', ('attention', 'value_depthwise'): 'attn.value.down_conv',
+             ('attention', 'value_depthwise_bn'): 'attn.value.norm', ('attention', 'value'): 'attn.value.proj',
+             ('attention', 'output'): 'attn.output.proj', ('layer_scale',): 'layer_scale'}
 
 
 def block_position(model_name: str, number: int) -> str:
@@ -72,8 +122,31 @@ def block_position(model_name: str, number: int) -> str:
     raise ValueError(f'{model_name} has {sum(STAGE_REPEATS[model_name])} blocks in timm, not {number}')
 
 
+def mobilenet_v4_key_table(layers, model_name: str) -> dict:
+    """Our MobileNetV4 layer path -> timm key prefix; each block's kind comes from our stage table."""
+    from mobilenets_jax.models import mobilenet_v4
+    blocks = mobilenet_v4.VARIANTS[model_name[len('mobilenet_v4_'):]]['blocks']
+    names = {mobilenet_v4.ConvBN: _MNV4_CONV_BN, mobilenet_v4.FusedIB: _MNV4_FUSED_IB, mobilenet_v4.UIB: _MNV4_UIB,
+             mobilenet_v4.MQA: _MNV4_MQA}
+    final_stage = f'blocks.{len(STAGE_REPEATS[model_name])}.0'
+    fixed = {('stem', 'conv'): 'conv_stem', ('stem', 'bn'): 'bn1', ('last', 'conv'): f'{final_stage}.conv',
+             ('last', 'bn'): f'{final_stage}.bn1', ('head', 'conv'): 'conv_head', ('head', 'bn'): 'norm_head',
+             ('classifier',): 'classifier'}
+    table = {}
+    for layer in layers:
+        number = state_dict.block_number(layer.path[0])
+        if number is None:
+            table[layer.path] = Entry(fixed[layer.path])
+        else:
+            inside = names[type(blocks[number - 1])][layer.path[1:]]
+            table[layer.path] = Entry(f'{block_position(model_name, number)}.{inside}')
+    return table
+
+
 def key_table(layers, model_name: str) -> dict:
     """Our layer path -> timm key prefix (see the module docstring)."""
+    if model_name in MOBILENET_V4:
+        return mobilenet_v4_key_table(layers, model_name)
     final_stage = f'blocks.{len(STAGE_REPEATS[model_name])}.0'
     fixed = {('stem',): 'conv_stem', ('stem_bn',): 'bn1', ('classifier',): 'classifier',
              ('head_conv',): 'conv_head'}
@@ -119,10 +192,16 @@ def read_hub_config(path: str) -> Optional[dict]:
         return json.load(handle)
 
 
-def normalization_of(config: Optional[dict], model_name: str, path: str) -> str:
+def default_normalization(model_name: str, alpha: float) -> str:
+    """The input normalization of the timm model's default pretrained tag."""
+    timm_name = TIMM_NAMES.get((model_name, alpha))
+    return DEFAULT_NORMALIZATION_OF_TIMM_NAME.get(timm_name, DEFAULT_NORMALIZATION[model_name])
+
+
+def normalization_of(config: Optional[dict], model_name: str, path: str, alpha: float = 1.0) -> str:
     """Our normalization name for the config's pretrained_cfg mean/std (the model's default without one)."""
     if config is None or 'pretrained_cfg' not in config:
-        return DEFAULT_NORMALIZATION[model_name]
+        return default_normalization(model_name, alpha)
     cfg = config['pretrained_cfg']
     mean_std = (tuple(float(v) for v in cfg.get('mean', ())), tuple(float(v) for v in cfg.get('std', ())))
     for name, (mean, std) in _MEAN_STD.items():
@@ -157,7 +236,8 @@ def _why(model_name: str, alpha: float, state: dict) -> str:
         return f'probably the {what} differs: the file has the layout of timm {listed}'
     return (f'the file matches no timm layout we support ({", ".join(TIMM_NAMES.values())}); its keys look like '
             f'{state_dict.describe_source(state)}: another source, a depth-scaled model (110d, 120d, 150d), '
-            f'a head-conv variant (mobilenetv1_100h), or a modified model')
+            f'a head-conv variant (mobilenetv1_100h), an anti-aliased MobileNetV4 (mobilenetv4_conv_aa_*, '
+            f'mobilenetv4_conv_blur_*), or a modified model')
 
 
 def _check_architecture(config: Optional[dict], model_name: str, alpha: float, path: str) -> None:
@@ -184,7 +264,7 @@ def load(path: str, *, model: str, alpha: float = 1.0, num_classes: Optional[int
     alpha = float(alpha)
     config = read_hub_config(path)
     _check_architecture(config, model, alpha, path)
-    normalization = normalization_of(config, model, path)
+    normalization = normalization_of(config, model, path, alpha)
     state = read_state_dict(path)
     if num_classes is None:
         num_classes = state_dict.classifier_width(state, 'classifier.bias')
