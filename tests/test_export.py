@@ -15,10 +15,6 @@ import mobilenets_jax as mj
 from mobilenets_jax import checkpoints
 from mobilenets_jax.export import formats, report, runtime
 
-pytest.importorskip('ai_edge_litert')
-pytest.importorskip('onnxruntime')
-pytest.importorskip('jax2onnx')
-
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RELATIVE_TOLERANCE = 1e-4
 
@@ -169,6 +165,29 @@ def test_cli_reports_parity_accuracy_and_latency(digits_model, tmp_path):
     assert record['file_bytes'] == os.path.getsize(output)
     assert record['latency_ms_1_thread'] > 0 and record['jax_latency_ms_all_cores'] > 0
     assert 'top-1 agreement' in result.stdout
+
+
+@pytest.mark.slow
+def test_int8_of_a_trained_digits_model_is_within_a_point_of_jax(tmp_path):
+    """Issue 22's bar on a trained model: the quickstart's config trained 400 steps (about 98% top-1),
+    exported to full-integer TFLite calibrated on training images, scored on the whole digits test split."""
+    from configs import digits
+    from mobilenets_jax import train_lib
+    config = digits.get_config()
+    config.data_dir = str(tmp_path / 'tfds')
+    config.num_train_steps = 400
+    config.eval_every_epochs = 1000.0
+    config.checkpoint_every_steps = 400
+    workdir = str(tmp_path / 'work')
+    trained = train_lib.train_and_evaluate(config, workdir)
+    assert trained['top1'] > 0.95, trained
+    result = _run_cli('--config=configs/digits.py', f'--workdir={workdir}', '--format=tflite_int8',
+                      f'--output={tmp_path / "digits_int8.tflite"}', f'--config.data_dir={config.data_dir}',
+                      '--measure_latency=false')
+    assert result.returncode == 0, result.stderr[-2000:]
+    record = json.loads(result.stdout.strip().splitlines()[-1])
+    assert record['num_examples'] == 360 and record['jax_top1'] == pytest.approx(trained['top1'])
+    assert abs(record['exported_top1'] - record['jax_top1']) <= 0.01 + 1e-9, record
 
 
 # ----------------------------------------------------------------------------------------------
