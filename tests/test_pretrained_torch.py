@@ -38,6 +38,17 @@ IMAGE_SIZE = 56   # 56 -> 28 -> 14 -> 7 -> 4 -> 2: odd maps too, where padding c
 BATCH = 2
 
 
+@pytest.fixture(autouse=True, scope='module')
+def _torch_single_threaded():
+    """The reference runs on one torch thread: on a busy 2-core runner torch's intra-op pool waits milliseconds
+    per op for cores that XLA's threads hold (a MobileNetV4-hybrid forward at 56 px: ~4.7 s on 2 threads,
+    ~0.06 s on 1, on this project's 2-core VM). Restored afterwards for other modules."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 # ---------------------------------------------------------------- torchvision, restated functionally
 
 class Params:
@@ -435,6 +446,32 @@ def test_timm_wrong_alpha_is_refused_by_config_and_by_shapes(timm_v2_release, tm
     assert "our stem [conv] against the file's conv_stem.weight: the file has (16, 3, 3, 3), we expect " \
            "(32, 3, 3, 3)" in message
     assert 'probably the alpha differs: the file has the layout of timm model=mobilenet_v2 alpha=0.5' in message
+
+
+def test_timm_default_normalization_is_the_default_tags():
+    """Without config.json each model gets its default tag's mean/std, read here from timm's own default_cfgs
+    (mobilenetv4_conv_small_050's e3000 tag uses 0.5/0.5, mobilenetv4_conv_small's e2400 ImageNet's)."""
+    timm = _import_timm()
+    for (model_name, alpha), timm_name in timm_weights.TIMM_NAMES.items():
+        cfg = timm.models.get_pretrained_cfg(timm_name)
+        mean, std = timm_weights._MEAN_STD[timm_weights.default_normalization(model_name, alpha)]
+        assert (tuple(cfg.mean), tuple(cfg.std)) == (mean, std), (timm_name, cfg.tag)
+
+
+def test_timm_mobilenet_v4_wrong_model_names_the_model(tmp_path):
+    """A hybrid-medium file read as conv-medium: the first differing layer (the third stage's second block is an
+    FFN with expansion 2 in the hybrid, an ExtraDW with expansion 4 in conv-medium) and the model the file fits
+    are named."""
+    write_timm_release('mobilenetv4_hybrid_medium', tmp_path / 'release')
+    alone = tmp_path / 'model.safetensors'   # without its config.json: the shapes decide
+    alone.write_bytes((tmp_path / 'release' / 'model.safetensors').read_bytes())
+    with pytest.raises(ValueError) as error:
+        mj.load_pretrained(str(alone), source='timm', model='mobilenet_v4_conv_medium')
+    message = str(error.value)
+    assert 'does not fit timm mobilenet_v4_conv_medium alpha=1.0' in message
+    assert "our block_5/expand [conv] against the file's blocks.2.1.pw_exp.conv.weight" in message
+    assert ('probably the model differs: the file has the layout of timm model=mobilenet_v4_hybrid_medium '
+            'alpha=1.0 (mobilenetv4_hybrid_medium)') in message
 
 
 @pytest.mark.slow

@@ -221,10 +221,23 @@ def _released_shapes(model_name: str, alpha: float, num_classes: int) -> dict:
     return state_dict.expected_shapes(layers, key_table(layers, model_name))
 
 
+def file_stage_repeats(state: dict) -> tuple:
+    """Blocks per stage in the file, read from its 'blocks.S.I...' keys."""
+    stages: dict = {}
+    for key in state:
+        parts = key.split('.')
+        if len(parts) > 3 and parts[0] == 'blocks' and parts[1].isdigit() and parts[2].isdigit():
+            stages.setdefault(int(parts[1]), set()).add(int(parts[2]))
+    return tuple(len(stages[stage]) for stage in sorted(stages))
+
+
 def guess_model(state: dict) -> list:
-    """The timm (model, α) whose every key and shape the file has (error path only)."""
+    """The timm (model, α) whose every key and shape the file has (error path only). Only models whose
+    stages have the file's block counts are built (each layout costs an abstract initialization)."""
     num_classes = state_dict.classifier_width(state, 'classifier.bias')
-    candidates = [(name, alpha, num_classes) for name, alpha in TIMM_NAMES]
+    repeats = file_stage_repeats(state)
+    candidates = [(name, alpha, num_classes) for name, alpha in TIMM_NAMES
+                  if repeats[:len(STAGE_REPEATS[name])] == STAGE_REPEATS[name]]
     return state_dict.guess_layouts(state, candidates, _released_shapes)
 
 
