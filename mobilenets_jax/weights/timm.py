@@ -1,4 +1,4 @@
-"""timm `model.safetensors` files (the model hub's release format): mobilenetv1, mobilenetv2, mobilenetv3, mobilenetv4.
+"""timm `model.safetensors` files (the model hub's release format): mobilenetv1, v2, v3 and v4.
 
 Reading needs `safetensors` only (`safetensors.numpy.load_file`); a timm `.pth`/`.bin` state dict is read
 with torch. Key names come from timm's source (huggingface/pytorch-image-models):
@@ -11,7 +11,6 @@ with torch. Key names come from timm's source (huggingface/pytorch-image-models)
 * `timm/models/_efficientnet_blocks.py`: DepthwiseSeparableConv = `conv_dw`, `bn1`, [`se.conv_reduce`,
   `se.conv_expand`], `conv_pw`, `bn2`; InvertedResidual = `conv_pw`, `bn1`, `conv_dw`, `bn2`, [`se`],
   `conv_pwl`, `bn3`.
-
 * MobileNetV4 (`timm/models/mobilenetv3.py` `_gen_mobilenet_v4`: a `MobileNetV3` with `head_norm=True`,
   `head_bias=False`; blocks from `_efficientnet_blocks.py`, attention from `timm/layers/attention2d.py`):
   `conv_stem`, `bn1`, `blocks.S.I`, the 960-wide last conv as the ConvBnAct `blocks.4.0` (`conv`, `bn1`),
@@ -26,11 +25,11 @@ with torch. Key names come from timm's source (huggingface/pytorch-image-models)
 Options the models are built with in timm: BatchNorm2d's default ε 1e-5, padding `((stride - 1) +
 (k - 1)) // 2` = k // 2 on each side for these strides (our 'symmetric'), ReLU6 in V1 and V2
 (`resolve_act_layer(kwargs, 'relu6')`); MobileNetV4 ReLU, GELU (erf form) in hybrid-large, both fixed by
-our variants, layer scale on the hybrids' UIB and attention blocks. Inputs differ per pretrained tag: the `config.json` the hub
-stores beside `model.safetensors` holds `pretrained_cfg.mean`/`std`, which this reader maps to our
-normalization ('imagenet': mean (0.485, 0.456, 0.406) / std (0.229, 0.224, 0.225); 'inception': 0.5/0.5,
-i.e. [-1, 1], the ra4 tags; 'unit': 0/1, the miil tags). Without a config.json the model's default tag's
-values are used (`DEFAULT_NORMALIZATION`).
+our variants, layer scale on the hybrids' UIB and attention blocks. Inputs differ per pretrained tag: the
+`config.json` the hub stores beside `model.safetensors` holds `pretrained_cfg.mean`/`std`, which this reader
+maps to our normalization ('imagenet': mean (0.485, 0.456, 0.406) / std (0.229, 0.224, 0.225); 'inception':
+0.5/0.5, i.e. [-1, 1], the ra4 tags and mobilenetv4_conv_small_050; 'unit': 0/1, the miil tags). Without a
+config.json the model's default tag's values are used (`default_normalization`).
 """
 from __future__ import annotations
 
