@@ -31,7 +31,7 @@ import pytest
 import mobilenets_jax as mj
 from mobilenets_jax.weights import timm as timm_weights
 
-torch = pytest.importorskip('torch')
+import torch  # noqa: E402  (a requirement of the test env: a missing one fails, never skips)
 F = torch.nn.functional
 
 IMAGE_SIZE = 56   # 56 -> 28 -> 14 -> 7 -> 4 -> 2: odd maps too, where padding conventions would show
@@ -347,14 +347,15 @@ class _TorchvisionStandIns(importlib.abc.MetaPathFinder, importlib.abc.Loader):
 
 
 def _import_timm():
-    pytest.importorskip('safetensors')
+    import safetensors  # noqa: F401
     try:
         import torchvision  # noqa: F401  (a working torchvision: no stand-ins)
     except Exception:   # noqa: BLE001  (absent, or a CUDA wheel that fails to load its operators)
         for name in [n for n in sys.modules if n == 'torchvision' or n.startswith('torchvision.')]:
             del sys.modules[name]
         sys.meta_path.insert(0, _TorchvisionStandIns())
-    return pytest.importorskip('timm')
+    import timm
+    return timm
 
 
 def _randomize_timm(model, seed):
