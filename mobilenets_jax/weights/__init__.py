@@ -13,8 +13,6 @@ from mobilenets_jax.weights.keras import Converted
 
 SOURCES = {'keras': keras.load, 'torchvision': torchvision.load, 'timm': timm.load}
 _BUILD_OPTIONS = {'keras': keras.BUILD_OPTIONS, 'torchvision': torchvision.BUILD_OPTIONS, 'timm': timm.BUILD_OPTIONS}
-# Named in the issue, not implemented yet: they are refused with this reason rather than guessed at.
-PLANNED_SOURCES: dict = {}
 
 
 def build_options(source: str, model: str) -> dict:
@@ -28,9 +26,6 @@ def build_options(source: str, model: str) -> dict:
 
 def load(path: str, *, source: str = 'keras', model: str, alpha: float = 1.0, **options: Any) -> Converted:
     """Reads a released weight file of `source`; see `mobilenets_jax.load_pretrained`."""
-    if source in PLANNED_SOURCES:
-        raise ValueError(f'source={source!r} ({PLANNED_SOURCES[source]}) is not supported yet; '
-                         f'supported sources: {", ".join(SOURCES)}')
     if source not in SOURCES:
         raise ValueError(f'unknown source {source!r}; supported sources: {", ".join(SOURCES)}')
     return SOURCES[source](path, model=model, alpha=alpha, **options)
