@@ -32,7 +32,8 @@ def main(argv):
         for name in FLAGS.models:
             model = mj.create_model(name)
             variables = mj.init_variables(model, 0, (1, size, size, 3))
-            jax_fn = jax.jit(lambda x, m=model, v=variables: m.apply(v, x, train=False))
+            apply = jax.jit(lambda v, x, m=model: m.apply(v, x, train=False))   # weights as an argument
+            jax_fn = lambda x, v=variables: apply(v, x)   # noqa: E731
             jax_ms = runtime.latency_ms(jax_fn, image)
             calibration = np.random.RandomState(1).uniform(-1, 1, (32, size, size, 3)).astype(np.float32)
             for fmt in FLAGS.formats:

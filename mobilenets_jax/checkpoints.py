@@ -283,20 +283,37 @@ def _check_state_fits(saved: dict, target: Any, config: ml_collections.ConfigDic
                          f'{config.optimizer!r}')
 
 
+class Unreadable(Exception):
+    """A step's files do not read back (truncated, missing metadata): damage, not a user error."""
+
+
+def read_or_damaged(what: str, read: Callable[..., Any], *args,
+                    damage: Optional[Callable[[BaseException], bool]] = None):
+    """`read(*args)`, with a failure of the files turned into `Unreadable('<what> is unreadable: ...')`.
+
+    `damage` says which failures are the files' (default: any, e.g. a truncated `_METADATA` raises
+    json's ValueError); the others propagate (e.g. our own "does not fit" or "no EMA" ValueErrors).
+    """
+    try:
+        return read(*args)
+    except Exception as error:   # noqa: BLE001 — damage shows up as whatever orbax/tensorstore/json raise
+        if damage is not None and not damage(error):
+            raise
+        raise Unreadable(f'{what} is unreadable: {describe_damage(error)}') from error
+
+
 def newest_readable(steps: list, read: Callable[[int], Any], on_damage: Callable[[int, str], None]):
     """(step, read(step)) for the first of `steps` whose files read back, else (None, None).
 
-    A step whose read fails with damage (`is_damage`: whatever orbax or tensorstore raise on a truncated
-    file or missing metadata) goes to `on_damage(step, why)`, which may raise to stop; any other error
-    (a checkpoint that does not fit the config) propagates at once.
+    `read` marks damage by raising `Unreadable` (see `read_or_damaged`); such a step goes to
+    `on_damage(step, why)`, which may raise to stop. Any other error (a checkpoint that does not fit the
+    config) propagates at once.
     """
     for step in steps:
         try:
             return step, read(step)
-        except Exception as error:   # noqa: BLE001 — damage shows up as whatever orbax/tensorstore raise
-            if not is_damage(error):
-                raise
-            on_damage(step, describe_damage(error))
+        except Unreadable as damaged:
+            on_damage(step, str(damaged))
     return None, None
 
 
@@ -314,8 +331,9 @@ def restore_newest_readable(workdir: str, manager: ocp.CheckpointManager, target
     reader = open_checkpoints(workdir)   # the training manager has no item handlers to read metadata with
 
     def read(step):
-        _check_state_fits(saved_tree(reader, step), target, config, num_classes)
-        return restore(manager, step, target)
+        saved = read_or_damaged('its metadata', saved_tree, reader, step)
+        _check_state_fits(saved, target, config, num_classes)
+        return read_or_damaged('its arrays', restore, manager, step, target)
 
     def on_damage(step, why):
         damaged.append(step)

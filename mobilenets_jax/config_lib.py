@@ -124,6 +124,9 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int) -> None
     for field in ('lr_floor_factor', 'cosine_end_factor'):
         if not 0.0 <= config[field] < 1.0:
             raise ValueError(f'config.{field}={config[field]!r}: must be in [0, 1)')
+    if config.cosine_end_factor and config.schedule != 'cosine':
+        raise ValueError(f'config.cosine_end_factor={config.cosine_end_factor!r} needs config.schedule=cosine '
+                         f'(it is {config.schedule!r})')
     for field in ('weight_decay', 'decoupled_weight_decay', 'rmsprop_initial_scale', 'warmup_epochs'):
         if config[field] < 0:
             raise ValueError(f'config.{field}={config[field]!r}: must be >= 0')

@@ -153,10 +153,11 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str, *, step
         restore_start = time.time()
 
         def read(step):
-            saved = checkpoints.saved_tree(manager, step)
+            saved = checkpoints.read_or_damaged('its metadata', checkpoints.saved_tree, manager, step)
             checkpoints.check_shapes({'params': saved['params'], 'batch_stats': saved.get('batch_stats', {})},
                                      expected, config, info.num_classes)
-            return checkpoints.load_variables(manager, step, expected, mesh, weights, saved)
+            return checkpoints.read_or_damaged('its arrays', checkpoints.load_variables, manager, step, expected,
+                                               mesh, weights, saved, damage=checkpoints.is_damage)
 
         def on_damage(step, why):
             if step == candidates[-1]:   # the requested step, or the oldest one

@@ -266,9 +266,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """
     mesh = create_mesh()
     config_lib.validate_config(config, mesh.devices.size)
-    if config.get('init_from') and not os.path.exists(config.init_from):
-        raise ValueError(f'config.init_from={config.init_from!r}: no such file or directory (a workdir of ours, '
-                         'or a weight file: convert.py lists the sources)')
+    if config.get('init_from'):
+        from mobilenets_jax.weights import init_from
+        init_from.check_exists(config.init_from)
     with _claim_workdir(workdir):
         return _train(config, workdir, mesh)
 
@@ -300,6 +300,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str, mesh: Mesh) -> dict:
         state = restored
         logging.info('Resumed from the checkpoint at step %d in %s', latest, checkpoints.checkpoint_dir(workdir))
     elif config.get('init_from'):   # fine-tuning starts from it once; a resumed run continues its own weights
+        # (the fresh state above was the restore target; this one replaces it with the pretrained weights)
         state = initial_state(setup, config, mesh, pretrained=True)
     start_step = int(jax.device_get(state['step']))
     checkpoint_bytes = sum(x.nbytes for x in jax.tree.leaves(state))

@@ -103,3 +103,27 @@ def test_compile_events_in_this_process():
     assert (first.programs, first.cache_hits) == (1, 0)
     assert compilation_cache.describe(first) == 'compiled (persistent cache not in use)'
     assert second.programs == 0 and compilation_cache.describe(second) == 'reused (compiled earlier in this process)'
+
+
+def test_closed_loop_noise_is_dropped_and_nothing_else():
+    """tensorstore reports a write callback that finds orbax's closed asyncio loop through
+    sys.unraisablehook; the entry points drop exactly that report and pass every other one on."""
+    class RaisesWhenCollected:
+        def __init__(self, message):
+            self.message = message
+
+        def __del__(self):
+            raise RuntimeError(self.message)
+
+    from absl import logging as absl_logging
+    handler = absl_logging.get_absl_handler()
+    hooks, filters, reported = (sys.excepthook, sys.unraisablehook), list(handler.filters), []
+    try:
+        sys.unraisablehook = lambda unraisable: reported.append(str(unraisable.exc_value))
+        cli_utils.quiet_library_logs()   # wraps the hook in place
+        RaisesWhenCollected('Event loop is closed')
+        RaisesWhenCollected('a real failure')
+    finally:
+        sys.excepthook, sys.unraisablehook = hooks
+        handler.filters[:] = filters
+    assert reported == ['a real failure']

@@ -37,11 +37,20 @@ def test_frozen_backbone_transform_updates_only_the_classifier():
     np.testing.assert_allclose(updates['classifier']['kernel'], -0.1)
 
 
-def test_missing_init_from_is_named_before_training(tiny_config, tmp_path):
-    config = tiny_config(init_from=str(tmp_path / 'nope'), num_train_steps=2)
+@pytest.mark.parametrize('prefix', ['', 'timm:'])
+def test_missing_init_from_is_named_before_training(tiny_config, tmp_path, prefix):
+    config = tiny_config(init_from=f'{prefix}{tmp_path / "nope.safetensors"}', num_train_steps=2)
     with pytest.raises(ValueError, match='config.init_from=.*nope.*no such file or directory'):
         train_lib.train_and_evaluate(config, str(tmp_path / 'work'))
     assert not (tmp_path / 'work').exists()
+
+
+def test_a_source_prefixed_init_from_passes_the_existence_check(tmp_path):
+    from mobilenets_jax.weights import init_from
+    (tmp_path / 'model.bin').write_bytes(b'')
+    init_from.check_exists(f'timm:{tmp_path / "model.bin"}')   # the file exists: no error
+    with pytest.raises(ValueError, match='no such file'):
+        init_from.check_exists(f'timm:{tmp_path / "other.bin"}')
 
 
 @pytest.mark.slow
@@ -64,7 +73,7 @@ def test_fine_tuning_a_new_head_beats_scratch_and_resumes_its_own_weights(tiny_c
     assert 're-initialised (config.reinit_classifier): params/classifier/bias, params/classifier/kernel' in caplog.text
 
     start, end = _final_variables(pretrained), _final_variables(finetuned)
-    for name, value in _backbone(start).items():     # frozen: every backbone weight and statistic as loaded
+    for name, value in _backbone(start).items():     # frozen: every backbone parameter as loaded
         if name.startswith('params/'):
             np.testing.assert_array_equal(_backbone(end)[name], value, err_msg=name)
     assert not np.allclose(end['params']['classifier']['kernel'], start['params']['classifier']['kernel'])

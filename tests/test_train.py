@@ -47,6 +47,14 @@ def test_config_guardrails(tiny_config, field, value, message):
     assert message in str(info.value)
 
 
+def test_cosine_end_factor_needs_the_cosine_schedule(tiny_config):
+    config = tiny_config(**RMSPROP, cosine_end_factor=0.001)
+    config_lib.validate_config(config, num_devices=8)   # digits trains with 'cosine': accepted
+    config.schedule = 'linear'
+    with pytest.raises(ValueError, match="config.cosine_end_factor=0.001 needs config.schedule=cosine .it is 'linear'"):
+        config_lib.validate_config(config, num_devices=8)
+
+
 def _one_step(config, devices, batch):
     mesh = train_lib.create_mesh(devices)
     setup = train_lib.create_setup(config, num_train_examples=160)

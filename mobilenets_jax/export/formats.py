@@ -265,5 +265,7 @@ def read_preprocessing(path: str, format: str) -> dict:   # noqa: A002
     from tensorflow.lite.tools import flatbuffer_utils
     with open(path, 'rb') as f:
         model = flatbuffer_utils.convert_bytearray_to_object(bytearray(f.read()))
-    entry = next(m for m in model.metadata if m.name.decode() == PREPROCESSING_KEY)
+    entry = next((m for m in model.metadata or [] if m.name.decode() == PREPROCESSING_KEY), None)
+    if entry is None:
+        raise ValueError(f'{path}: no {PREPROCESSING_KEY!r} metadata entry (not written by mobilenets_jax.export)')
     return json.loads(bytes(model.buffers[entry.buffer].data).decode())

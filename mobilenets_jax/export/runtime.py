@@ -58,11 +58,12 @@ def _onnxruntime(path: str, num_threads: Optional[int]) -> Callable:
 
 def _tensorflow(path: str, num_threads: Optional[int]) -> Callable:
     import tensorflow as tf
-    if num_threads:  # only possible before TensorFlow starts its thread pools; else it keeps its own
+    if num_threads:  # only possible before TensorFlow starts its thread pools
         try:
             tf.config.threading.set_intra_op_parallelism_threads(num_threads)
-        except RuntimeError:
-            pass
+        except RuntimeError as error:
+            raise ValueError(f'a SavedModel cannot be timed with {num_threads} threads in this process: TensorFlow '
+                             'has started its thread pools already (time it in a fresh process)') from error
     serve = tf.saved_model.load(path).signatures['serving_default']
     return lambda images: serve(images=tf.constant(np.asarray(images, np.float32)))['logits'].numpy()
 

@@ -8,8 +8,6 @@ A variable with no counterpart, or one left over, is an error naming it (nothing
 """
 from __future__ import annotations
 
-import os
-
 import jax
 import ml_collections
 import numpy as np
@@ -82,10 +80,23 @@ def source_of(init_from: str) -> tuple[str, str]:
                      f'({", ".join(f"{s} ({n})" for s, n in _SOURCE_BY_SUFFIX.items())}, or SOURCE:PATH)')
 
 
+def check_exists(init_from: str) -> None:
+    """ValueError, before anything trains, when `config.init_from` names nothing (local or gs:// paths,
+    with or without a 'SOURCE:' prefix)."""
+    import tensorflow as tf   # gfile: local paths and gs:// alike
+    from mobilenets_jax import weights
+    prefix, _, rest = init_from.partition(':')
+    path = rest if rest and prefix in weights.SOURCES else init_from
+    if not tf.io.gfile.exists(path):
+        raise ValueError(f'config.init_from={init_from!r}: no such file or directory (a workdir of ours, or a '
+                         f'weight file: {", ".join(_SOURCE_BY_SUFFIX)}, or SOURCE:PATH)')
+
+
 def pretrained_variables(init_from: str, config: ml_collections.ConfigDict) -> dict:
     """{'params', 'batch_stats'} of `init_from`: a workdir (has checkpoints/) or a released weight file."""
+    import tensorflow as tf
     from mobilenets_jax import checkpoints, weights
-    if os.path.isdir(checkpoints.checkpoint_dir(init_from)):
+    if tf.io.gfile.isdir(checkpoints.checkpoint_dir(init_from)):
         return _from_workdir(init_from)
     source, path = source_of(init_from)
     _warn_about_other_options(weights.build_options(source, config.model.name), config)
