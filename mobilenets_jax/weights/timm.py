@@ -179,7 +179,7 @@ def read_state_dict(path: str) -> dict:
                 from error
         return state_dict.as_float32(load_file(path))
     from mobilenets_jax.weights import torchvision
-    return torchvision.read_state_dict(path)
+    return torchvision.read_state_dict(path, source='timm')
 
 
 def read_hub_config(path: str) -> Optional[dict]:
@@ -291,6 +291,7 @@ def load(path: str, *, model: str, alpha: float = 1.0, num_classes: Optional[int
     import jax.numpy as jnp
     variables = jax.tree_util.tree_map(jnp.asarray, variables)
     mean, std = _MEAN_STD[normalization]
-    notes = (f'timm pretrained_cfg mean {mean} std {std} ({"config.json" if config else "the default tag"}): '
+    origin = 'config.json' if config and 'pretrained_cfg' in config else 'the default tag'
+    notes = (f'timm pretrained_cfg mean {mean} std {std} ({origin}): '
              f'normalization={normalization}')
     return Converted(module, variables, model, alpha, num_classes, normalization, notes)

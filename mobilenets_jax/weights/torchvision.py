@@ -122,15 +122,16 @@ def key_table(layers, model_name: str) -> dict:
     return mobilenet_table(layers, model_name)
 
 
-def read_state_dict(path: str) -> dict:
-    """name -> NumPy array of a torchvision `.pth` (a plain state dict, as torchvision releases them)."""
+def read_state_dict(path: str, source: str = 'torchvision') -> dict:
+    """name -> NumPy array of a torch-saved plain state dict (how torchvision, and timm's `.pth`/`.bin`,
+    release weights); `source` names the file's origin in the errors."""
     try:
         import torch
     except ImportError as error:
-        raise ImportError('reading torchvision .pth files needs torch (pip install "mobilenets_jax[torch]")') from error
+        raise ImportError(f'reading {source} .pth files needs torch (pip install "mobilenets_jax[torch]")') from error
     loaded = torch.load(path, map_location='cpu', weights_only=True)
     if not isinstance(loaded, dict) or not all(hasattr(v, 'numpy') for v in loaded.values()):
-        raise ValueError(f'{path}: not a state dict of tensors (got {type(loaded).__name__}); torchvision releases '
+        raise ValueError(f'{path}: not a state dict of tensors (got {type(loaded).__name__}); {source} releases '
                          f'plain state dicts (torch.save(model.state_dict(), path))')
     return state_dict.as_float32({key: value.detach().cpu().numpy() for key, value in loaded.items()})
 
