@@ -448,6 +448,43 @@ def load_variables(manager: ocp.CheckpointManager, step: int, expected: dict, me
     return _inference_pair(manager, step, expected, mesh, ema=False), 'raw'
 
 
+def restore_inference_variables(workdir: str, mesh: Mesh, *, expected: Optional[dict] = None,
+                                step: Optional[int] = None, weights: Optional[str] = None,
+                                check: Optional[Callable[[dict], None]] = None) -> tuple[dict, int, str]:
+    """(variables on `mesh`, step, 'ema' | 'raw'): how eval.py, export.py and `config.init_from` read a run.
+
+    `step` None: the newest step that reads back; a damaged newer one is skipped with a warning (reading
+    only: nothing is moved). A damaged requested step, or no readable step at all, is a one-line UserError.
+    `expected`: the abstract {'params', 'batch_stats'} to restore into (None: the checkpoint's own shapes);
+    `check(saved)` raises ValueError when the checkpoint does not fit (e.g. `check_shapes` against a config).
+    """
+    from mobilenets_jax import errors
+    manager = open_checkpoints(workdir)
+    try:
+        newest = resolve_step(manager, workdir, step)
+        candidates = [newest] if step is not None else sorted(manager.all_steps(), reverse=True)
+
+        def read(candidate):
+            saved = read_or_damaged('its metadata', saved_tree, manager, candidate)
+            if check is not None:
+                check(saved)
+            target = expected or {'params': saved['params'], 'batch_stats': saved.get('batch_stats', {})}
+            return read_or_damaged('its arrays', load_variables, manager, candidate, target, mesh, weights, saved,
+                                   damage=is_damage)
+
+        def on_damage(candidate, why):
+            if candidate == candidates[-1]:   # the requested step, or the oldest one
+                older = '' if step is not None else '; no older step reads back'
+                raise errors.UserError(f'the checkpoint at step {candidate} in {checkpoint_dir(workdir)} is '
+                                       f'damaged ({why}){older}')
+            logging.warning('The checkpoint at step %d is damaged (%s); reading the one before.', candidate, why)
+
+        found, (variables, chosen) = newest_readable(candidates, read, on_damage)
+    finally:
+        manager.close()
+    return variables, found, chosen
+
+
 # ----------------------------------------------------------------------------------------------
 # Converted (pretrained) weights: one step that eval.py reads like a training run's
 # ----------------------------------------------------------------------------------------------

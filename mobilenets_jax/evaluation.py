@@ -28,7 +28,7 @@ import jax
 import ml_collections
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from mobilenets_jax import checkpoints, compilation_cache, config_lib, errors, models, steps, train_lib
+from mobilenets_jax import checkpoints, compilation_cache, config_lib, models, steps, train_lib
 from mobilenets_jax.data import datasets
 
 RESULTS_FILE = 'eval_results.jsonl'
@@ -138,39 +138,18 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str, *, step
     config_lib.check_batch_size(config, num_devices)
 
     # The checkpoint first: a wrong --workdir or --step is the likeliest mistake, and costs nothing to find.
-    manager = checkpoints.open_checkpoints(workdir)
-    try:
-        requested = step
-        newest = checkpoints.resolve_step(manager, workdir, step)
-        info = datasets.get_dataset_info(config.dataset)
-        model = config_lib.create_model(config)
-        size = config_lib.image_size(config)
-        expected = models.abstract_variables(model, (1, size, size, 3))
-        expected = {'params': expected['params'], 'batch_stats': expected.get('batch_stats', {})}
-        # Without --step, a damaged newest step (a crash while writing it, a truncated file) falls back to
-        # the one before, with a warning; eval only reads, so nothing is moved.
-        candidates = [newest] if requested is not None else sorted(manager.all_steps(), reverse=True)
-        restore_start = time.time()
-
-        def read(step):
-            saved = checkpoints.read_or_damaged('its metadata', checkpoints.saved_tree, manager, step)
-            checkpoints.check_shapes({'params': saved['params'], 'batch_stats': saved.get('batch_stats', {})},
-                                     expected, config, info.num_classes)
-            return checkpoints.read_or_damaged('its arrays', checkpoints.load_variables, manager, step, expected,
-                                               mesh, weights, saved, damage=checkpoints.is_damage)
-
-        def on_damage(step, why):
-            if step == candidates[-1]:   # the requested step, or the oldest one
-                older = '' if requested is not None else '; no older step reads back'
-                raise errors.UserError(f'the checkpoint at step {step} in {checkpoints.checkpoint_dir(workdir)} '
-                                       f'is damaged ({why}){older}')
-            logging.warning('The checkpoint at step %d is damaged (%s); evaluating the one before.', step, why)
-
-        step, (variables, chosen) = checkpoints.newest_readable(candidates, read, on_damage)
-        weights = chosen
-        restore_secs = time.time() - restore_start
-    finally:
-        manager.close()
+    info = datasets.get_dataset_info(config.dataset)
+    model = config_lib.create_model(config)
+    size = config_lib.image_size(config)
+    expected = models.abstract_variables(model, (1, size, size, 3))
+    expected = {'params': expected['params'], 'batch_stats': expected.get('batch_stats', {})}
+    restore_start = time.time()
+    variables, step, weights = checkpoints.restore_inference_variables(
+        workdir, mesh, expected=expected, step=step, weights=weights,
+        check=lambda saved: checkpoints.check_shapes(
+            {'params': saved['params'], 'batch_stats': saved.get('batch_stats', {})}, expected, config,
+            info.num_classes))
+    restore_secs = time.time() - restore_start
 
     from mobilenets_jax.data import input_pipeline  # TensorFlow: imported once past the cheap checks
     input_pipeline.ensure_dataset(config.dataset, data_dir=config.data_dir)

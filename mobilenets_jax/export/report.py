@@ -2,8 +2,8 @@
 against JAX (parity on a fixed batch of eval images, top-1 agreement and accuracy over the eval split,
 size, latency per image).
 
-The checkpoint is read as evaluation.py reads it (`checkpoints.open_checkpoints`, `resolve_step`,
-`check_shapes`, `load_variables`: only params and batch_stats, EMA or raw); int8 calibration images come
+The checkpoint is read as evaluation.py reads it (`checkpoints.restore_inference_variables`: only params
+and batch_stats, EMA or raw, a damaged newest step skipped); int8 calibration images come
 from the config's training split through `input_pipeline.create_train_dataset` without augmentation.
 """
 from __future__ import annotations
@@ -26,23 +26,18 @@ DEFAULT_CALIBRATION_STEPS = 256
 
 def restore_variables(config: ml_collections.ConfigDict, workdir: str, step: Optional[int],
                       weights: Optional[str]) -> tuple[dict, int, str]:
-    """({'params', 'batch_stats'} as host arrays, step, 'ema' | 'raw'); ValueErrors as eval.py's."""
+    """({'params', 'batch_stats'} as host arrays, step, 'ema' | 'raw'), read as eval.py reads them."""
     checkpoints.check_weights(weights)
     model = config_lib.create_model(config)
     size = config_lib.image_size(config)
     num_classes = datasets.get_dataset_info(config.dataset).num_classes
     expected = models.abstract_variables(model, (1, size, size, 3))
     expected = {'params': expected['params'], 'batch_stats': expected.get('batch_stats', {})}
-    manager = checkpoints.open_checkpoints(workdir)
-    try:
-        step = checkpoints.resolve_step(manager, workdir, step)
-        saved = checkpoints.saved_tree(manager, step)
-        checkpoints.check_shapes({'params': saved['params'], 'batch_stats': saved.get('batch_stats', {})},
-                                 expected, config, num_classes)
-        variables, chosen = checkpoints.load_variables(manager, step, expected, steps.create_mesh(), weights, saved)
-    finally:
-        manager.close()
-    return jax.device_get(variables), int(step), chosen
+    variables, step, weights = checkpoints.restore_inference_variables(
+        workdir, steps.create_mesh(), expected=expected, step=step, weights=weights,
+        check=lambda saved: checkpoints.check_shapes(
+            {'params': saved['params'], 'batch_stats': saved.get('batch_stats', {})}, expected, config, num_classes))
+    return jax.device_get(variables), int(step), weights
 
 
 def calibration_images(config: ml_collections.ConfigDict, count: int) -> np.ndarray:

@@ -48,17 +48,9 @@ def merge(fresh: dict, pretrained: dict, *, reinit_classifier: bool = False) -> 
 
 
 def _from_workdir(workdir: str) -> dict:
-    """The inference weights (EMA when the run has them) of the newest step of a workdir."""
+    """The inference weights (EMA when the run has them) of the newest readable step of a workdir."""
     from mobilenets_jax import checkpoints, steps
-    manager = checkpoints.open_checkpoints(workdir)
-    try:
-        step = checkpoints.resolve_step(manager, workdir)
-        saved = checkpoints.saved_tree(manager, step)
-        expected = {'params': saved['params'], 'batch_stats': saved.get('batch_stats', {})}
-        mesh = steps.create_mesh(jax.local_devices()[:1])
-        variables, _ = checkpoints.load_variables(manager, step, expected, mesh, saved=saved)
-    finally:
-        manager.close()
+    variables, _, _ = checkpoints.restore_inference_variables(workdir, steps.create_mesh(jax.local_devices()[:1]))
     return jax.tree.map(np.asarray, variables)
 
 
