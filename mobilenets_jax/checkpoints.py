@@ -128,6 +128,13 @@ def _quiet_read_only_notice():
         logger.removeFilter(notice)
 
 
+def has_steps(workdir: str) -> bool:
+    """Whether `<workdir>/checkpoints` holds any step directory (complete or not), without opening orbax."""
+    import tensorflow as tf   # gfile: local paths and gs:// alike
+    directory = checkpoint_dir(workdir)
+    return tf.io.gfile.isdir(directory) and any(name.rstrip('/').isdigit() for name in tf.io.gfile.listdir(directory))
+
+
 def open_checkpoints(workdir: str) -> ocp.CheckpointManager:
     """A read-only manager over `<workdir>/checkpoints` that can read both items' metadata.
 

@@ -266,7 +266,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """
     mesh = create_mesh()
     config_lib.validate_config(config, mesh.devices.size)
-    if config.get('init_from'):
+    if config.get('init_from') and not checkpoints.has_steps(workdir):   # a resumed run no longer needs it
         from mobilenets_jax.weights import init_from
         init_from.check_exists(config.init_from)
     with _claim_workdir(workdir):

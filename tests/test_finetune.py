@@ -79,7 +79,9 @@ def test_fine_tuning_a_new_head_beats_scratch_and_resumes_its_own_weights(tiny_c
     assert not np.allclose(end['params']['classifier']['kernel'], start['params']['classifier']['kernel'])
     assert _eval_top1(finetuned) > _eval_top1(scratch) + 0.2, (_eval_top1(finetuned), _eval_top1(scratch))
 
-    # Resuming: the run restores its own step-30 state instead of starting from `init_from` again.
+    # Resuming: the run restores its own step-30 state instead of starting from `init_from` again, so it
+    # no longer needs the pretrained run (moved away here).
+    os.rename(pretrained, pretrained + '.moved')
     caplog.clear()
     fine_tuning.num_train_steps = steps + 2
     with caplog.at_level(logging.INFO):
