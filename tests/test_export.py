@@ -105,6 +105,10 @@ def test_errors_before_anything_is_traced(digits_model, tmp_path):
                        calibration_images=np.zeros((4, 8, 8, 3)))
     with pytest.raises(ValueError, match='too small'):
         formats.export(model, variables, 'tflite', str(tmp_path / 'x'), image_size=2)
+    gelu = mj.create_model('mobilenet_v4_hybrid_large', num_classes=10, alpha=0.25)
+    with pytest.raises(ValueError, match='tflite_int8 is not supported for MobileNetV4 with GELU'):
+        formats.export(gelu, {'params': {}}, 'tflite_int8', str(tmp_path / 'x'), image_size=32,
+                       calibration_images=np.zeros((4, 32, 32, 3)))
     assert not os.listdir(tmp_path)
 
 

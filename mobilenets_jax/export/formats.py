@@ -65,6 +65,15 @@ def check_format(format: str) -> None:   # noqa: A002 — the user-facing name o
         raise ValueError(f'unknown export format {format!r}; allowed: {", ".join(FORMATS)}')
 
 
+def check_int8_supported(model: nn.Module) -> None:
+    """ValueError for a model with GELU (MobileNetV4-Hybrid-L): jax2tf lowers the erf form to a polynomial
+    (ABS, EXP, SELECT, ...) whose full-integer TFLite graph aborts LiteRT (2.3) while it allocates tensors,
+    delegate or not; its float TFLite and ONNX files work (docs/export.md)."""
+    if getattr(model, 'activation', None) == 'gelu':
+        raise ValueError(f'--format=tflite_int8 is not supported for {type(model).__name__} with GELU (e.g. '
+                         'mobilenet_v4_hybrid_large): LiteRT aborts on its int8 graph; export tflite or onnx instead')
+
+
 def check_extras(format: str) -> None:   # noqa: A002
     """ValueError naming the pip command when a package the format needs is not installed."""
     missing = [package for module, package in _REQUIRED_MODULES[format].items()
@@ -229,9 +238,12 @@ def export(model: nn.Module, variables: dict, format: str, output: str, *,   # n
       normalization: the config's normalization ('inception', 'unit', 'imagenet'), recorded in the file.
 
     Errors (ValueError, before anything is traced): unknown format, a missing package (naming the pip
-    command), missing or misshaped calibration images, an image size too small for the model.
+    command), missing or misshaped calibration images, an image size too small for the model, int8 of a
+    GELU model (`check_int8_supported`).
     """
     check_format(format)
+    if format == 'tflite_int8':
+        check_int8_supported(model)
     check_extras(format)
     _check_calibration(format, calibration_images, image_size)
     layers.check_images(jax.ShapeDtypeStruct((1, image_size, image_size, 3), jnp.float32),
