@@ -3,6 +3,7 @@
 Parity criterion (issue 22): exported float logits within 1e-4 × max |logit| of JAX's.
 """
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -72,7 +73,10 @@ def test_tflite_float_is_builtin_convolutions(digits_model, tmp_path):
     """The export form reaches TFLite as CONV_2D / DEPTHWISE_CONV_2D, not im2col gathers or matmuls."""
     from ai_edge_litert import interpreter as litert
     model, variables = digits_model
+    absl_logger = logging.getLogger('absl')
+    level = absl_logger.level
     path = formats.export(model, variables, 'tflite', str(tmp_path / 'm.tflite'), image_size=16)
+    assert absl_logger.level == level   # the converter's WARNING level does not outlive the export
     ops = {op['op_name'] for op in litert.Interpreter(model_path=path)._get_ops_details()}
     assert {'CONV_2D', 'DEPTHWISE_CONV_2D'} <= ops
     assert not ops & {'GATHER', 'BATCH_MATMUL', 'STRIDED_SLICE'}

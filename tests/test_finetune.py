@@ -68,7 +68,7 @@ def test_fine_tuning_a_new_head_beats_scratch_and_resumes_its_own_weights(tiny_c
     finetuned = str(tmp_path / 'finetuned')
     fine_tuning = tiny_config(num_train_steps=steps, init_from=pretrained, reinit_classifier=True,
                               freeze_backbone=True, **common)
-    with caplog.at_level(logging.INFO):
+    with caplog.at_level(logging.INFO, logger='absl'):
         train_lib.train_and_evaluate(fine_tuning, finetuned)
     assert 're-initialised (config.reinit_classifier): params/classifier/bias, params/classifier/kernel' in caplog.text
 
@@ -84,7 +84,7 @@ def test_fine_tuning_a_new_head_beats_scratch_and_resumes_its_own_weights(tiny_c
     os.rename(pretrained, pretrained + '.moved')
     caplog.clear()
     fine_tuning.num_train_steps = steps + 2
-    with caplog.at_level(logging.INFO):
+    with caplog.at_level(logging.INFO, logger='absl'):
         result = train_lib.train_and_evaluate(fine_tuning, finetuned)
     assert result['step'] == steps + 2
     assert f'Resumed from the checkpoint at step {steps}' in caplog.text and 'Initialised from' not in caplog.text

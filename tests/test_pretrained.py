@@ -285,7 +285,7 @@ def test_init_from_keras_file_loads_the_backbone_and_a_fresh_classifier(tiny_con
     config = tiny_config(**{'model.name': 'mobilenet_v1', 'model.alpha': 0.25, 'rho': 1.0})
     config.init_from = path
     mesh = steps.create_mesh(jax.local_devices()[:1])
-    with caplog.at_level(logging.INFO):
+    with caplog.at_level(logging.INFO, logger='absl'):
         state = train_lib.initial_state(train_lib.create_setup(config, 100), config, mesh, pretrained=True)
     assert 're-initialised (class count differs): params/classifier/bias, params/classifier/kernel' in caplog.text
     _, pretrained = mj.load_pretrained(path, model='mobilenet_v1', alpha=0.25)

@@ -24,8 +24,10 @@ SavedModel's `preprocessing()` function; `read_preprocessing(path, format)` read
 """
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
+import logging as std_logging
 import os
 from typing import Callable, Optional
 
@@ -252,16 +254,29 @@ def export(model: nn.Module, variables: dict, format: str, output: str, *,   # n
     logits_fn = inference_function(model, variables)
     directory = os.path.dirname(os.path.abspath(output))
     os.makedirs(directory, exist_ok=True)
-    if format == 'saved_model':
-        _save_saved_model(logits_fn, output, image_size, record)
-    elif format == 'onnx':
-        _save_onnx(logits_fn, output, image_size, record, type(model).__name__)
-    else:
-        flatbuffer = _tflite_bytes(logits_fn, image_size,
-                                   calibration_images if format == 'tflite_int8' else None, int8_io)
-        with open(output, 'wb') as f:
-            f.write(_with_tflite_metadata(flatbuffer, PREPROCESSING_KEY, json.dumps(record)))
+    with _absl_verbosity_kept():
+        if format == 'saved_model':
+            _save_saved_model(logits_fn, output, image_size, record)
+        elif format == 'onnx':
+            _save_onnx(logits_fn, output, image_size, record, type(model).__name__)
+        else:
+            flatbuffer = _tflite_bytes(logits_fn, image_size,
+                                       calibration_images if format == 'tflite_int8' else None, int8_io)
+            with open(output, 'wb') as f:
+                f.write(_with_tflite_metadata(flatbuffer, PREPROCESSING_KEY, json.dumps(record)))
     return output
+
+
+@contextlib.contextmanager
+def _absl_verbosity_kept():
+    """TensorFlow's converters set absl's logger to WARNING as they run; the caller's INFO logs (a training
+    run's, a test's) must not go silent because something was exported."""
+    logger = std_logging.getLogger('absl')
+    level = logger.level
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 def read_preprocessing(path: str, format: str) -> dict:   # noqa: A002
