@@ -16,6 +16,7 @@ by PyTorch only when momentum=None) is not a weight: it is read and ignored by n
 from __future__ import annotations
 
 import dataclasses
+import functools
 import re
 from typing import Callable, Optional
 
@@ -231,3 +232,18 @@ def block_number(name: str) -> Optional[int]:
     """'block_7' -> 7 (our blocks are numbered from 1 in forward order)."""
     match = _BLOCK.match(name)
     return int(match.group(1)) if match else None
+
+
+def source_layouts(build_options: dict, key_table: Callable) -> tuple[Callable, Callable]:
+    """A source's two layout functions, from its `BUILD_OPTIONS` and `key_table(layers, model_name)`:
+    `layout(model, alpha, num_classes, options=None)` -> (module, our layers) built with the source's options
+    (`options` override them), and `released_shapes(model, alpha, num_classes)` -> the file's expected
+    {key: shape} (cached: the error path compares a file against every released layout)."""
+    def layout(model_name: str, alpha: float, num_classes: int, options: Optional[dict] = None):
+        return model_layers(model_name, alpha, num_classes, dict(build_options[model_name], **(options or {})))
+
+    @functools.cache
+    def released_shapes(model_name: str, alpha: float, num_classes: int) -> dict:
+        _, layers = layout(model_name, alpha, num_classes)
+        return expected_shapes(layers, key_table(layers, model_name))
+    return layout, released_shapes

@@ -33,7 +33,6 @@ config.json the model's default tag's values are used (`default_normalization`).
 """
 from __future__ import annotations
 
-import functools
 import json
 import os
 from typing import Any, Optional
@@ -210,14 +209,7 @@ def normalization_of(config: Optional[dict], model_name: str, path: str, alpha: 
                      f'normalizations ({", ".join(f"{n}: mean {m} std {s}" for n, (m, s) in _MEAN_STD.items())})')
 
 
-def _layout(model_name: str, alpha: float, num_classes: int, options: Optional[dict] = None):
-    return state_dict.model_layers(model_name, alpha, num_classes, dict(BUILD_OPTIONS[model_name], **(options or {})))
-
-
-@functools.cache
-def _released_shapes(model_name: str, alpha: float, num_classes: int) -> dict:
-    _, layers = _layout(model_name, alpha, num_classes)
-    return state_dict.expected_shapes(layers, key_table(layers, model_name))
+_layout, _released_shapes = state_dict.source_layouts(BUILD_OPTIONS, key_table)
 
 
 def file_stage_repeats(state: dict) -> tuple:

@@ -24,7 +24,6 @@ widths directly, so only its released α = 1 V3 models have our V3's layout.
 """
 from __future__ import annotations
 
-import functools
 from typing import Any, Optional
 
 from mobilenets_jax.weights import state_dict
@@ -136,14 +135,7 @@ def read_state_dict(path: str, source: str = 'torchvision') -> dict:
     return state_dict.as_float32({key: value.detach().cpu().numpy() for key, value in loaded.items()})
 
 
-def _layout(model_name: str, alpha: float, num_classes: int, options: Optional[dict] = None):
-    return state_dict.model_layers(model_name, alpha, num_classes, dict(BUILD_OPTIONS[model_name], **(options or {})))
-
-
-@functools.cache
-def _released_shapes(model_name: str, alpha: float, num_classes: int) -> dict:
-    _, layers = _layout(model_name, alpha, num_classes)
-    return state_dict.expected_shapes(layers, key_table(layers, model_name))
+_layout, _released_shapes = state_dict.source_layouts(BUILD_OPTIONS, key_table)
 
 
 def guess_model(state: dict) -> list:
