@@ -50,7 +50,7 @@ def main(argv):
         try:
             record = report.export_checkpoint(config, workdir, format='tflite_int8',
                                               output=os.path.join(workdir, 'int8.tflite'), measure_latency=False)
-        except ValueError as error:   # an architecture the int8 route refuses (formats.check_int8_supported)
+        except ValueError as error:   # an architecture the int8 route cannot take
             print(f'| {name} | {FLAGS.steps} | not exported: {error} |||||', flush=True)
             continue
         print(f'| {name} | {record["step"]} | {100 * record["jax_top1"]:.2f}% | {100 * record["exported_top1"]:.2f}% '

@@ -67,15 +67,6 @@ def check_format(format: str) -> None:   # noqa: A002 — the user-facing name o
         raise ValueError(f'unknown export format {format!r}; allowed: {", ".join(FORMATS)}')
 
 
-def check_int8_supported(model: nn.Module) -> None:
-    """ValueError for a model with GELU (MobileNetV4-Hybrid-L): jax2tf lowers the erf form to a polynomial
-    (ABS, EXP, SELECT, ...) whose full-integer TFLite graph aborts LiteRT (2.3) while it allocates tensors,
-    delegate or not; its float TFLite and ONNX files work (docs/export.md)."""
-    if getattr(model, 'activation', None) == 'gelu':
-        raise ValueError(f'--format=tflite_int8 is not supported for {type(model).__name__} with GELU (e.g. '
-                         'mobilenet_v4_hybrid_large): LiteRT aborts on its int8 graph; export tflite or onnx instead')
-
-
 def check_extras(format: str) -> None:   # noqa: A002
     """ValueError naming the pip command when a package the format needs is not installed."""
     missing = [package for module, package in _REQUIRED_MODULES[format].items()
@@ -109,9 +100,21 @@ def _check_calibration(format: str, calibration_images, image_size: int) -> None
 # The export form: same parameters, converter-friendly operations
 # ----------------------------------------------------------------------------------------------
 
-def export_form(model: nn.Module) -> nn.Module:
-    """`model` in float32 with XLA's depthwise convolutions and pools (`lax` ops the converters map)."""
-    return model.clone(depthwise_impl='xla', dtype=jnp.float32)
+# Activations traced in another form for int8 only. jax2tf lowers the erf GELU to a polynomial (ABS, EXP,
+# DIV, SELECT, ...) that the quantizer leaves in float between DEQUANTIZE ops and whose graph aborts LiteRT
+# (2.3) in allocate_tensors; the converter fuses the tanh approximation into its GELU builtin, which has an
+# int8 kernel. The two forms differ by at most 4.8e-4 (jax.nn.gelu with approximate True vs False, over
+# [-10, 10]; tests/test_export.py), far below int8's own rounding; float formats keep the erf form.
+INT8_ACTIVATIONS = {'gelu': 'gelu_tanh'}
+
+
+def export_form(model: nn.Module, int8: bool = False) -> nn.Module:
+    """`model` in float32 with XLA's depthwise convolutions and pools (`lax` ops the converters map),
+    and for int8 the activation forms of `INT8_ACTIVATIONS`."""
+    model = model.clone(depthwise_impl='xla', dtype=jnp.float32)
+    if int8 and getattr(model, 'activation', None) in INT8_ACTIVATIONS:
+        model = model.clone(activation=INT8_ACTIVATIONS[model.activation])
+    return model
 
 
 def _plain_convolutions(next_fun, args, kwargs, context):
@@ -129,9 +132,9 @@ def _plain_convolutions(next_fun, args, kwargs, context):
     return y if bias is None else y + bias
 
 
-def inference_function(model: nn.Module, variables: dict) -> Callable:
+def inference_function(model: nn.Module, variables: dict, int8: bool = False) -> Callable:
     """images (N, H, W, 3) float32 → logits (N, classes) float32, in the export form, weights closed over."""
-    model = export_form(model)
+    model = export_form(model, int8)
     variables = {'params': variables['params'], 'batch_stats': variables.get('batch_stats', {})}
     variables = jax.tree.map(lambda x: np.asarray(x, np.float32), jax.device_get(variables))
 
@@ -240,18 +243,15 @@ def export(model: nn.Module, variables: dict, format: str, output: str, *,   # n
       normalization: the config's normalization ('inception', 'unit', 'imagenet'), recorded in the file.
 
     Errors (ValueError, before anything is traced): unknown format, a missing package (naming the pip
-    command), missing or misshaped calibration images, an image size too small for the model, int8 of a
-    GELU model (`check_int8_supported`).
+    command), missing or misshaped calibration images, an image size too small for the model.
     """
     check_format(format)
-    if format == 'tflite_int8':
-        check_int8_supported(model)
     check_extras(format)
     _check_calibration(format, calibration_images, image_size)
     layers.check_images(jax.ShapeDtypeStruct((1, image_size, image_size, 3), jnp.float32),
                         model_name=type(model).__name__, min_size=model.min_input_size)
     record = preprocessing_record(model, image_size, normalization)
-    logits_fn = inference_function(model, variables)
+    logits_fn = inference_function(model, variables, int8=format == 'tflite_int8')
     directory = os.path.dirname(os.path.abspath(output))
     os.makedirs(directory, exist_ok=True)
     with _absl_verbosity_kept():

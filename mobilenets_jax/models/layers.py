@@ -14,6 +14,7 @@ from typing import Any, Callable, Optional
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from jax import lax
 
 from mobilenets_jax import ops
 from mobilenets_jax.ops import DEPTHWISE_IMPLS  # noqa: F401  (re-exported: what `DepthwiseConv2D.impl` takes)
@@ -181,10 +182,17 @@ def max_pool(x, window: int, strides: int, padding, impl: str = 'auto'):
 def avg_pool(x, window: int, strides: int, padding, impl: str = 'auto'):
     """k×k average pooling that counts the zero padding (as `nn.avg_pool` and PyTorch by default).
 
-    'xla' is `nn.avg_pool` (`lax.reduce_window`); the other implementations `ops.shifted_avg_pool`.
+    'xla' is `nn.avg_pool` (`lax.reduce_window`) over the input zero-padded beforehand; the other
+    implementations `ops.shifted_avg_pool`.
     """
     if ops.check_depthwise_impl(impl) == 'xla':
-        return nn.avg_pool(x, window_shape=(window, window), strides=(strides, strides), padding=padding)
+        # The padding is its own op and the window runs VALID: the same numbers (the zeros are counted
+        # either way), in the form the TFLite converter maps to PAD + AVERAGE_POOL_2D. A padded window
+        # sum stays a StableHLO reduce_window there, which its int8 quantizer rejects (ShuffleNet V1).
+        if isinstance(padding, str):
+            padding = lax.padtype_to_pads(x.shape[1:3], (window, window), (strides, strides), padding)
+        x = jnp.pad(x, ((0, 0), *padding, (0, 0)))
+        return nn.avg_pool(x, window_shape=(window, window), strides=(strides, strides), padding='VALID')
     return ops.shifted_avg_pool(x, window, strides, padding)
 
 

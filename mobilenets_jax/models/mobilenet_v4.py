@@ -161,8 +161,11 @@ VARIANTS = {
                          layer_scale_init=LAYER_SCALE_INIT),
 }
 
-# The erf form, as torch.nn.GELU and TF's 'gelu' compute it (flax's nn.gelu defaults to the tanh form).
-ACTIVATIONS: dict[str, Callable] = {'relu': nn.relu, 'gelu': functools.partial(nn.gelu, approximate=False)}
+# 'gelu' is the erf form, as torch.nn.GELU and TF's 'gelu' compute it (flax's nn.gelu defaults to the tanh
+# form). 'gelu_tanh' is the tanh approximation: the int8 TFLite export traces it in place of 'gelu', since
+# the converter fuses it into its GELU builtin (mobilenets_jax/export/formats.py, INT8_ACTIVATIONS).
+ACTIVATIONS: dict[str, Callable] = {'relu': nn.relu, 'gelu': functools.partial(nn.gelu, approximate=False),
+                                    'gelu_tanh': functools.partial(nn.gelu, approximate=True)}
 
 
 def attention_mult_adds(height: int, width: int, num_heads: int, key_dim: int, value_dim: int,
