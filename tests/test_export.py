@@ -152,6 +152,13 @@ def test_errors_before_anything_is_traced(digits_model, tmp_path):
     assert not os.listdir(tmp_path)
 
 
+def test_jax_latency_on_one_core(digits_model):
+    """JAX's single-core latency is timed in a child process pinned to one core (it checks its own
+    affinity and raises if it ran anywhere else)."""
+    model, variables = digits_model
+    assert runtime.jax_latency_ms_one_core(model, variables, 16) > 0
+
+
 def test_missing_extra_names_the_pip_command(monkeypatch):
     real = formats.importlib.util.find_spec
     monkeypatch.setattr(formats.importlib.util, 'find_spec',
@@ -208,6 +215,7 @@ def test_cli_reports_parity_accuracy_and_latency(digits_model, tmp_path):
     assert record['relative_logit_diff'] <= RELATIVE_TOLERANCE and record['top1_agreement'] >= 0.99
     assert record['file_bytes'] == os.path.getsize(output)
     assert record['latency_ms_1_thread'] > 0 and record['jax_latency_ms_all_cores'] > 0
+    assert record['jax_latency_ms_1_core'] > 0 and 'JAX' in result.stdout and 'ms on 1 core' in result.stdout
     assert 'top-1 agreement' in result.stdout
 
 

@@ -4,10 +4,17 @@ TensorFlow for a SavedModel; and timing one image through it.
 `load(path, format, num_threads)` returns a function images (N, H, W, 3) float32 → logits (N, classes)
 float32, whatever the file's batch size or int8 input/output tensors (it feeds batch-1 models one image at
 a time and quantizes/dequantizes with the tensors' own scale and zero point).
+
+`jax_latency_ms_one_core` times the JAX model itself on one core, in a child process pinned to that core.
 """
 from __future__ import annotations
 
+import json
 import os
+import pickle
+import subprocess
+import sys
+import tempfile
 import time
 from typing import Callable, Optional
 
@@ -99,3 +106,50 @@ def latency_ms(run: Callable, image: np.ndarray, *, warmup: int = 3, min_runs: i
         np.asarray(run(image))
         times.append(time.perf_counter() - begin)
     return 1000.0 * float(np.median(times))
+
+
+def jax_latency_ms_one_core(model, variables: dict, image_size: int) -> Optional[float]:
+    """Median ms per image of `model.apply` (jit, batch 1) with every XLA thread on one CPU core; None
+    where the OS cannot pin a process (no `os.sched_setaffinity`: macOS, Windows).
+
+    JAX has no per-call or per-process thread setting (jax-ml/jax issues 1539 and 6790, both open), so
+    the model is timed in a child process that pins itself to one core before it imports JAX; all its
+    threads then share that core.
+    """
+    if not hasattr(os, 'sched_setaffinity'):
+        return None
+    core = min(os.sched_getaffinity(0))
+    package_root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    with tempfile.TemporaryDirectory() as directory:
+        path = os.path.join(directory, 'model.pkl')
+        with open(path, 'wb') as f:
+            pickle.dump({'model': model, 'variables': _host(variables), 'image_size': int(image_size)}, f)
+        code = (f'import os; os.sched_setaffinity(0, {{{core}}}); '
+                f'from mobilenets_jax.export import runtime; runtime._time_pickled_model({path!r})')
+        env = dict(os.environ, JAX_PLATFORMS='cpu',
+                   PYTHONPATH=os.pathsep.join(filter(None, [package_root, os.environ.get('PYTHONPATH')])))
+        result = subprocess.run([sys.executable, '-c', code], env=env, capture_output=True, text=True)
+    if result.returncode != 0:
+        last = (result.stderr.strip().splitlines() or ['(no output)'])[-1]
+        raise RuntimeError(f'timing JAX on one core failed (exit {result.returncode}): {last}')
+    timed = json.loads(result.stdout.strip().splitlines()[-1])
+    if timed['cores'] != [core]:
+        raise RuntimeError(f'the timing process ran on cores {timed["cores"]}, not on core {core} alone')
+    return float(timed['latency_ms'])
+
+
+def _host(variables: dict) -> dict:
+    import jax
+    return jax.tree.map(np.asarray, jax.device_get(variables))
+
+
+def _time_pickled_model(path: str) -> None:
+    """The child of `jax_latency_ms_one_core`: prints {"latency_ms", "cores"} as its last line."""
+    import jax
+    with open(path, 'rb') as f:
+        saved = pickle.load(f)
+    model, variables, size = saved['model'], saved['variables'], saved['image_size']
+    apply = jax.jit(lambda v, x: model.apply(v, x, train=False))   # weights as an argument, not constants
+    image = np.zeros((size, size, 3), np.float32)
+    milliseconds = latency_ms(lambda x: apply(variables, x), image)
+    print(json.dumps({'latency_ms': milliseconds, 'cores': sorted(os.sched_getaffinity(0))}), flush=True)
