@@ -197,6 +197,33 @@ class MetricWriter:
         self._tb.flush()
 
 
+def early_stopping_state(workdir: str, eval_split: str, eval_every: int, up_to_step: int) -> tuple[float, int]:
+    """(best top-1, evaluations since it) over the periodic evaluations at steps <= `up_to_step` in the
+    workdir's metrics.jsonl: where an uninterrupted run's early-stopping count stood at that step.
+    Read by every process (the decision to stop must be the same on all of them)."""
+    import tensorflow as tf
+    best, without_gain, seen = -1.0, 0, set()
+    path = os.path.join(workdir, 'metrics.jsonl')
+    if not tf.io.gfile.exists(path):
+        return best, without_gain
+    with tf.io.gfile.GFile(path) as f:
+        lines = f.read().splitlines()
+    for line in lines:
+        try:
+            record = json.loads(line)
+        except ValueError:   # a line cut short by a kill
+            continue
+        step = record.get('step', 0)
+        if record.get('split') != eval_split or step > up_to_step or step % eval_every or step in seen:
+            continue   # train records, final evaluations (off the period, or a repeat) and records after the checkpoint
+        seen.add(step)
+        if record['top1'] > best:
+            best, without_gain = record['top1'], 0
+        else:
+            without_gain += 1
+    return best, without_gain
+
+
 def _record_step(line: str) -> float:
     try:
         return float(json.loads(line).get('step', 0))
@@ -366,12 +393,17 @@ def _train(config: ml_collections.ConfigDict, workdir: str, mesh: Mesh) -> dict:
     interval_start, input_wait = time.time(), 0.0
     run_start, run_start_step = time.time(), start_step
     status = 'finished'
-    best_top1, evals_without_gain = -1.0, 0
+    # A resumed run continues the early-stopping count of the evaluations before its checkpoint.
+    best_top1, evals_without_gain = early_stopping_state(workdir, eval_split, eval_every, start_step)
+    if 0 < config.early_stopping_patience <= evals_without_gain and start_step < setup.total_steps:
+        logging.info('Early-stopped at step %d already (no top-1 gain in %d evaluations); nothing to train.',
+                     start_step, evals_without_gain)
+        status = 'early_stopped'
     monitor = DivergenceMonitor(config.divergence_factor)
     try:
         with _PreemptionFlag() as preemption:
             step = start_step
-            while step < setup.total_steps:
+            while step < setup.total_steps and status != 'early_stopped':
                 wait_start = time.time()
                 batch = shard_batch(next(train_iter), mesh)
                 input_wait += time.time() - wait_start

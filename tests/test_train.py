@@ -12,6 +12,7 @@ import tensorflow_datasets as tfds
 
 from configs import cifar10, mobilenet_v1_imagenet
 from mobilenets_jax import checkpoints, config_lib, train_lib
+from mobilenets_jax.data import datasets
 
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -151,3 +152,57 @@ def test_every_config_is_valid_and_documents_its_command(name):
     config_lib.validate_config(config, num_devices=8)
     if name != 'default':
         assert f'--config=configs/{name}.py' in module.__doc__ and 'Expected' in module.__doc__
+
+
+# ---------------------------------------------------------------------------------------------------
+# Early stopping survives a restart
+# ---------------------------------------------------------------------------------------------------
+
+def test_early_stopping_state_replays_the_periodic_evaluations(tmp_path):
+    """Best top-1 and evaluations since it, from metrics.jsonl up to the resumed step: train records, final
+    evaluations off the period, a repeated step, a cut line and records after the step are left out."""
+    records = [{'step': 2, 'split': 'train', 'top1': 0.99}, {'step': 2, 'split': 'test', 'top1': 0.5},
+               {'step': 4, 'split': 'test', 'top1': 0.4}, {'step': 5, 'split': 'test', 'top1': 0.9},
+               {'step': 6, 'split': 'test', 'top1': 0.6}, {'step': 6, 'split': 'test', 'top1': 0.3},
+               {'step': 8, 'split': 'test', 'top1': 0.55}, {'step': 10, 'split': 'test', 'top1': 0.1}]
+    lines = [json.dumps(r) for r in records]
+    lines.insert(3, '{"step": 4, "split": "te')
+    (tmp_path / 'metrics.jsonl').write_text('\n'.join(lines) + '\n')
+    assert train_lib.early_stopping_state(str(tmp_path), 'test', 2, 8) == (0.6, 1)
+    assert train_lib.early_stopping_state(str(tmp_path), 'test', 2, 4) == (0.5, 1)
+    assert train_lib.early_stopping_state(str(tmp_path), 'test', 2, 10) == (0.6, 2)
+    assert train_lib.early_stopping_state(str(tmp_path / 'none'), 'test', 2, 10) == (-1.0, 0)
+
+
+def _periodic_evals(workdir, every):
+    return [(r['step'], r['top1']) for r in _read_metrics(workdir)
+            if r['split'] == 'test' and r['step'] % every == 0]
+
+
+@pytest.mark.slow
+def test_early_stopping_count_survives_a_restart(tiny_config, tmp_path):
+    """A run restarted between two evaluations without gain stops where the uninterrupted run stopped
+    (a fresh count would let it run on), and rerunning an early-stopped run trains nothing."""
+    def config(steps):
+        # constant rate, no warmup: the schedule does not depend on num_train_steps, so a run cut short
+        # and continued computes the same steps as the whole run
+        return tiny_config(num_train_steps=steps, early_stopping_patience=2, schedule='constant',
+                           warmup_epochs=0.0, checkpoint_every_steps=1000,
+                           eval_every_epochs=2 / (datasets.PUBLISHED_SPLIT_SIZES['digits']['train'] // 16))
+    whole = train_lib.train_and_evaluate(config(60), str(tmp_path / 'whole'))
+    assert whole['status'] == 'early_stopped', whole
+    stop = whole['step']
+    evals = _periodic_evals(str(tmp_path / 'whole'), 2)
+    assert evals[-1][0] == stop and len(evals) >= 3
+
+    parts = str(tmp_path / 'parts')
+    first = train_lib.train_and_evaluate(config(stop - 1), parts)   # after the evaluation at stop - 2
+    assert first['status'] == 'finished' and first['step'] == stop - 1
+    resumed = train_lib.train_and_evaluate(config(60), parts)
+    assert (resumed['status'], resumed['step']) == ('early_stopped', stop)
+    assert _periodic_evals(parts, 2) == evals
+
+    trained = [r['step'] for r in _read_metrics(parts) if r['split'] == 'train']
+    again = train_lib.train_and_evaluate(config(60), parts)
+    assert (again['status'], again['step']) == ('early_stopped', stop)
+    assert [r['step'] for r in _read_metrics(parts) if r['split'] == 'train'] == trained   # nothing trained
