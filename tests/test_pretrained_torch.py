@@ -346,14 +346,30 @@ class _TorchvisionStandIns(importlib.abc.MetaPathFinder, importlib.abc.Loader):
         pass
 
 
+def _torchvision_modules():
+    return [n for n in sys.modules if n == 'torchvision' or n.startswith('torchvision.')]
+
+
 def _import_timm():
+    """timm, imported with torchvision's stand-ins where torchvision does not load; the stand-ins leave
+    sys.meta_path and sys.modules once timm holds its references, so no later import in this worker sees them."""
     import safetensors  # noqa: F401
+    if 'timm' in sys.modules:
+        return sys.modules['timm']
     try:
         import torchvision  # noqa: F401  (a working torchvision: no stand-ins)
     except Exception:   # noqa: BLE001  (absent, or a CUDA wheel that fails to load its operators)
-        for name in [n for n in sys.modules if n == 'torchvision' or n.startswith('torchvision.')]:
+        for name in _torchvision_modules():
             del sys.modules[name]
-        sys.meta_path.insert(0, _TorchvisionStandIns())
+        finder = _TorchvisionStandIns()
+        sys.meta_path.insert(0, finder)
+        try:
+            import timm
+        finally:
+            sys.meta_path.remove(finder)
+            for name in _torchvision_modules():
+                if isinstance(sys.modules[name], _StandInModule):
+                    del sys.modules[name]
     import timm
     return timm
 
