@@ -6,7 +6,8 @@ layers in order; each layer's group has the attribute `weight_names` (e.g.
 
 Keras itself loads these files by layer order (the names changed between Keras versions: the V3 files say
 `expanded_conv_2/squeeze_excite/Conv`, Keras 3 builds `expanded_conv_2_squeeze_excite_conv`), and so does
-this module: the file's layers that hold weights, in the file's order, are paired with ours in forward order,
+this module: the file's layers that hold weights, in the file's order, are paired with ours in forward order
+(the order our modules are first called: `state_dict.model_layers`, shared with the torch sources),
 every weight is recognised by its own name (kernel, depthwise_kernel, bias, gamma, beta, moving_mean,
 moving_variance) and every shape is checked. Layout differences: Keras depthwise kernels are (k, k, C, 1),
 ours (k, k, 1, C); Keras' V1 and V3 classifiers are 1×1 convolutions, ours a dense layer (same numbers).
@@ -29,6 +30,9 @@ import re
 from typing import Any, Optional
 
 import numpy as np
+
+from mobilenets_jax.weights import state_dict
+from mobilenets_jax.weights.state_dict import Layer
 
 KERAS_NAMES = {'mobilenet_v1': 'MobileNet', 'mobilenet_v2': 'MobileNetV2',
                'mobilenet_v3_large': 'MobileNetV3Large', 'mobilenet_v3_small': 'MobileNetV3Small'}
@@ -76,22 +80,6 @@ class FileLayer:
         return f'layer {self.index} {self.name!r} ({shapes})'
 
 
-@dataclasses.dataclass(frozen=True)
-class OurLayer:
-    """One of our layers that holds weights: its module path and kind ('conv', 'depthwise', 'bn', 'dense')."""
-    path: tuple
-    kind: str
-    shapes: dict   # our variable name -> shape
-
-    @property
-    def name(self) -> str:
-        return '/'.join(self.path)
-
-    def describe(self) -> str:
-        shapes = ', '.join(f'{key} {tuple(shape)}' for key, shape in self.shapes.items())
-        return f'{self.name} [{self.kind}] ({shapes})'
-
-
 def _short_name(weight_name: str) -> str:
     """'block_1_depthwise/depthwise_kernel:0' -> 'depthwise_kernel'; Keras 3 writes no ':0'."""
     return re.sub(r':\d+$', '', weight_name).rsplit('/', 1)[-1]
@@ -137,47 +125,7 @@ def read_layers(path: str) -> list[FileLayer]:
     return layers
 
 
-# Forward order of our modules inside one parent (block children sorted by their number in between).
-_ORDER = ('stem', 'stem_bn', 'expand', 'expand_bn', 'depthwise', 'depthwise_bn', 'se', 'pointwise',
-          'pointwise_bn', 'project', 'project_bn', 'last_conv', 'last_bn', 'head_conv', 'classifier')
-_SQUEEZE_EXCITE_ORDER = ('reduce', 'expand')
-
-
-def _child_order(keys, where: tuple) -> list:
-    keys = list(keys)
-    if set(keys) == set(_SQUEEZE_EXCITE_ORDER):
-        return list(_SQUEEZE_EXCITE_ORDER)
-
-    def rank(key):
-        block = re.fullmatch(r'block_(\d+)', key)
-        if block:
-            return (_ORDER.index('stem_bn') + 0.5, int(block.group(1)))
-        if key not in _ORDER:
-            raise ValueError(f'{"/".join(where + (key,))}: a module the Keras converter does not know '
-                             f'(supported models: {", ".join(KERAS_NAMES)})')
-        return (_ORDER.index(key), 0)
-    return sorted(keys, key=rank)
-
-
-def our_layers(params: dict, batch_stats: dict, where: tuple = ()) -> list[OurLayer]:
-    """Our layers with weights in forward order (Keras' layer order), read from the variable tree."""
-    keys = set(params)
-    if keys == {'conv'}:
-        return [OurLayer(where, 'conv', {k: v.shape for k, v in params['conv'].items()})]
-    if keys == {'scale', 'bias'}:
-        stats = batch_stats
-        return [OurLayer(where, 'bn', {'scale': params['scale'].shape, 'bias': params['bias'].shape,
-                                       'mean': stats['mean'].shape, 'var': stats['var'].shape})]
-    if 'kernel' in keys and not any(isinstance(v, dict) for v in params.values()):
-        kind = 'depthwise' if len(params['kernel'].shape) == 4 else 'dense'
-        return [OurLayer(where, kind, {k: v.shape for k, v in params.items()})]
-    result = []
-    for key in _child_order(params, where):
-        result.extend(our_layers(params[key], batch_stats.get(key, {}), where + (key,)))
-    return result
-
-
-def _expected_file_weights(layer: OurLayer) -> dict:
+def _expected_file_weights(layer: Layer) -> dict:
     """Our layer's weights as the Keras file holds them: short name -> shape (both spellings of depthwise)."""
     if layer.kind == 'bn':
         return {name: layer.shapes['scale'] for name in _BATCH_NORM_WEIGHTS}
@@ -193,7 +141,7 @@ def _file_weight(file_layer: FileLayer, name: str) -> Optional[np.ndarray]:
     return file_layer.weights.get(name)
 
 
-def _layer_fits(ours: OurLayer, theirs: FileLayer) -> Optional[str]:
+def _layer_fits(ours: Layer, theirs: FileLayer) -> Optional[str]:
     """None if the file layer fits ours; else what differs (one weight, both shapes)."""
     expected = _expected_file_weights(ours)
     if ours.kind == 'dense':
@@ -217,7 +165,7 @@ def _layer_fits(ours: OurLayer, theirs: FileLayer) -> Optional[str]:
     return None
 
 
-def _converted_values(ours: OurLayer, theirs: FileLayer) -> tuple[dict, dict]:
+def _converted_values(ours: Layer, theirs: FileLayer) -> tuple[dict, dict]:
     """Our (params, batch_stats) leaves of one layer from the file layer's arrays (already checked)."""
     if ours.kind == 'bn':
         weights = theirs.weights
@@ -286,13 +234,8 @@ def _num_classes(file_layers: list[FileLayer]) -> Optional[int]:
 
 
 def _model_layers(model_name: str, alpha: float, num_classes: int, options: dict):
-    from mobilenets_jax.models import abstract_variables, create_model, get_spec
-    spec = get_spec(model_name)
-    module = create_model(model_name, num_classes=num_classes, alpha=alpha, **dict(BUILD_OPTIONS[model_name],
-                                                                                   **options))
-    size = spec.min_input_size
-    abstract = abstract_variables(module, (1, size, size, 3))
-    return module, our_layers(abstract['params'], abstract.get('batch_stats', {}))
+    """(module, our layers in forward order: Keras' layer order)."""
+    return state_dict.model_layers(model_name, alpha, num_classes, dict(BUILD_OPTIONS[model_name], **options))
 
 
 def convert(file_layers: list[FileLayer], model_name: str, alpha: float, num_classes: int,

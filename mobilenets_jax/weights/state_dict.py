@@ -38,6 +38,10 @@ class Layer:
     def name(self) -> str:
         return '/'.join(self.path)
 
+    def describe(self) -> str:
+        shapes = ', '.join(f'{key} {tuple(shape)}' for key, shape in self.shapes.items())
+        return f'{self.name} [{self.kind}] ({shapes})'
+
 
 @dataclasses.dataclass(frozen=True)
 class Entry:
