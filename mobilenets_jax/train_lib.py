@@ -197,31 +197,52 @@ class MetricWriter:
         self._tb.flush()
 
 
-def early_stopping_state(workdir: str, eval_split: str, eval_every: int, up_to_step: int) -> tuple[float, int]:
-    """(best top-1, evaluations since it) over the periodic evaluations at steps <= `up_to_step` in the
-    workdir's metrics.jsonl: where an uninterrupted run's early-stopping count stood at that step.
-    Read by every process (the decision to stop must be the same on all of them)."""
-    import tensorflow as tf
-    best, without_gain, seen = -1.0, 0, set()
-    path = os.path.join(workdir, 'metrics.jsonl')
-    if not tf.io.gfile.exists(path):
-        return best, without_gain
-    with tf.io.gfile.GFile(path) as f:
-        lines = f.read().splitlines()
-    for line in lines:
-        try:
-            record = json.loads(line)
-        except ValueError:   # a line cut short by a kill
-            continue
-        step = record.get('step', 0)
-        if record.get('split') != eval_split or step > up_to_step or step % eval_every or step in seen:
-            continue   # train records, final evaluations (off the period, or a repeat) and records after the checkpoint
-        seen.add(step)
-        if record['top1'] > best:
-            best, without_gain = record['top1'], 0
+@dataclasses.dataclass
+class EarlyStopping:
+    """The count behind `config.early_stopping_patience`: best top-1 of the periodic evaluations and how
+    many came after it; `patience` 0 never stops."""
+    patience: int
+    best_top1: float = -1.0
+    evals_without_gain: int = 0
+    evaluated_steps: set = dataclasses.field(default_factory=set)
+
+    def add(self, step: int, top1: float) -> bool:
+        """Counts one periodic evaluation; True when the run should stop."""
+        self.evaluated_steps.add(step)
+        if top1 > self.best_top1:
+            self.best_top1, self.evals_without_gain = top1, 0
         else:
-            without_gain += 1
-    return best, without_gain
+            self.evals_without_gain += 1
+        return self.should_stop
+
+    @property
+    def should_stop(self) -> bool:
+        return 0 < self.patience <= self.evals_without_gain
+
+    @classmethod
+    def replayed(cls, patience: int, workdir: str, eval_split: str, eval_every: int,
+                 up_to_step: int) -> 'EarlyStopping':
+        """The count an uninterrupted run had at `up_to_step`, from the periodic evaluations in the workdir's
+        metrics.jsonl (train records, final evaluations off the period, repeats of a step, cut lines and
+        records after `up_to_step` left out). Read by every process: the decision to stop must be the same
+        on all of them."""
+        import tensorflow as tf
+        stopping = cls(patience)
+        path = os.path.join(workdir, 'metrics.jsonl')
+        if not tf.io.gfile.exists(path):
+            return stopping
+        with tf.io.gfile.GFile(path) as f:
+            lines = f.read().splitlines()
+        for line in lines:
+            try:
+                record = json.loads(line)
+            except ValueError:   # a line cut short by a kill
+                continue
+            step = record.get('step', 0)
+            if (record.get('split') == eval_split and step <= up_to_step and step % eval_every == 0
+                    and step not in stopping.evaluated_steps):
+                stopping.add(step, record['top1'])
+        return stopping
 
 
 def _record_step(line: str) -> float:
@@ -394,14 +415,18 @@ def _train(config: ml_collections.ConfigDict, workdir: str, mesh: Mesh) -> dict:
     run_start, run_start_step = time.time(), start_step
     status = 'finished'
     # A resumed run continues the early-stopping count of the evaluations before its checkpoint.
-    best_top1, evals_without_gain = early_stopping_state(workdir, eval_split, eval_every, start_step)
-    if 0 < config.early_stopping_patience <= evals_without_gain and start_step < setup.total_steps:
-        logging.info('Early-stopped at step %d already (no top-1 gain in %d evaluations); nothing to train.',
-                     start_step, evals_without_gain)
-        status = 'early_stopped'
+    stopping = EarlyStopping.replayed(config.early_stopping_patience, workdir, eval_split, eval_every, start_step)
     monitor = DivergenceMonitor(config.divergence_factor)
     try:
         with _PreemptionFlag() as preemption:
+            if (0 < start_step < setup.total_steps and start_step % eval_every == 0
+                    and start_step not in stopping.evaluated_steps and not stopping.should_stop):
+                # preempted at an evaluation step: its checkpoint was saved before that evaluation ran
+                stopping.add(start_step, run_eval(state, start_step)['top1'])
+            if stopping.should_stop and start_step < setup.total_steps:
+                logging.info('Early-stopped at step %d (no top-1 gain in %d evaluations); nothing to train.',
+                             start_step, stopping.evals_without_gain)
+                status = 'early_stopped'
             step = start_step
             while step < setup.total_steps and status != 'early_stopped':
                 wait_start = time.time()
@@ -459,14 +484,9 @@ def _train(config: ml_collections.ConfigDict, workdir: str, mesh: Mesh) -> dict:
                     status = 'preempted'
                     break
                 if step % eval_every == 0 and not last:
-                    record = run_eval(state, step)
-                    if record['top1'] > best_top1:
-                        best_top1, evals_without_gain = record['top1'], 0
-                    else:
-                        evals_without_gain += 1
-                    if 0 < config.early_stopping_patience <= evals_without_gain:
+                    if stopping.add(step, run_eval(state, step)['top1']):
                         logging.info('Early stopping at step %d: no top-1 gain in %d evaluations (best %.2f%%).',
-                                     step, evals_without_gain, 100 * best_top1)
+                                     step, stopping.evals_without_gain, 100 * stopping.best_top1)
                         status = 'early_stopped'
                         break
 

@@ -158,7 +158,7 @@ def test_every_config_is_valid_and_documents_its_command(name):
 # Early stopping survives a restart
 # ---------------------------------------------------------------------------------------------------
 
-def test_early_stopping_state_replays_the_periodic_evaluations(tmp_path):
+def test_early_stopping_count_is_replayed_from_the_periodic_evaluations(tmp_path):
     """Best top-1 and evaluations since it, from metrics.jsonl up to the resumed step: train records, final
     evaluations off the period, a repeated step, a cut line and records after the step are left out."""
     records = [{'step': 2, 'split': 'train', 'top1': 0.99}, {'step': 2, 'split': 'test', 'top1': 0.5},
@@ -168,10 +168,16 @@ def test_early_stopping_state_replays_the_periodic_evaluations(tmp_path):
     lines = [json.dumps(r) for r in records]
     lines.insert(3, '{"step": 4, "split": "te')
     (tmp_path / 'metrics.jsonl').write_text('\n'.join(lines) + '\n')
-    assert train_lib.early_stopping_state(str(tmp_path), 'test', 2, 8) == (0.6, 1)
-    assert train_lib.early_stopping_state(str(tmp_path), 'test', 2, 4) == (0.5, 1)
-    assert train_lib.early_stopping_state(str(tmp_path), 'test', 2, 10) == (0.6, 2)
-    assert train_lib.early_stopping_state(str(tmp_path / 'none'), 'test', 2, 10) == (-1.0, 0)
+
+    def replayed(patience, up_to_step, workdir=str(tmp_path)):
+        stopping = train_lib.EarlyStopping.replayed(patience, workdir, 'test', 2, up_to_step)
+        return stopping.best_top1, stopping.evals_without_gain, sorted(stopping.evaluated_steps), stopping.should_stop
+    assert replayed(2, 8) == (0.6, 1, [2, 4, 6, 8], False)
+    assert replayed(1, 8) == (0.6, 1, [2, 4, 6, 8], True)
+    assert replayed(2, 4) == (0.5, 1, [2, 4], False)
+    assert replayed(2, 10) == (0.6, 2, [2, 4, 6, 8, 10], True)
+    assert replayed(0, 10)[3] is False   # patience 0: never stops
+    assert replayed(2, 10, str(tmp_path / 'none')) == (-1.0, 0, [], False)
 
 
 def _periodic_evals(workdir, every):
@@ -181,8 +187,9 @@ def _periodic_evals(workdir, every):
 
 @pytest.mark.slow
 def test_early_stopping_count_survives_a_restart(tiny_config, tmp_path):
-    """A run restarted between two evaluations without gain stops where the uninterrupted run stopped
-    (a fresh count would let it run on), and rerunning an early-stopped run trains nothing."""
+    """A run restarted between two evaluations without gain, or preempted at an evaluation step, stops where
+    the uninterrupted run stopped (a fresh count, or a skipped evaluation, would let it run on), and rerunning
+    an early-stopped run trains nothing."""
     def config(steps):
         # constant rate, no warmup: the schedule does not depend on num_train_steps, so a run cut short
         # and continued computes the same steps as the whole run
@@ -201,6 +208,18 @@ def test_early_stopping_count_survives_a_restart(tiny_config, tmp_path):
     resumed = train_lib.train_and_evaluate(config(60), parts)
     assert (resumed['status'], resumed['step']) == ('early_stopped', stop)
     assert _periodic_evals(parts, 2) == evals
+
+    # Preempted at an evaluation step: the checkpoint is written before that evaluation runs (here: a run
+    # that ended at stop - 2, its final evaluation taken out of the log), so the resumed run runs it first.
+    preempted = str(tmp_path / 'preempted')
+    train_lib.train_and_evaluate(config(stop - 2), preempted)
+    path = os.path.join(preempted, 'metrics.jsonl')
+    kept = [json.dumps(r) for r in _read_metrics(preempted) if (r['split'], r['step']) != ('test', stop - 2)]
+    with open(path, 'w') as f:
+        f.write(''.join(line + '\n' for line in kept))
+    resumed = train_lib.train_and_evaluate(config(60), preempted)
+    assert (resumed['status'], resumed['step']) == ('early_stopped', stop)
+    assert _periodic_evals(preempted, 2) == evals
 
     trained = [r['step'] for r in _read_metrics(parts) if r['split'] == 'train']
     again = train_lib.train_and_evaluate(config(60), parts)
