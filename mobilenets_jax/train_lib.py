@@ -204,13 +204,14 @@ class EarlyStopping:
     patience: int
     best_top1: float = -1.0
     evals_without_gain: int = 0
-    evaluated_steps: set = dataclasses.field(default_factory=set)
+    last_step: int = -1                   # the step of the last evaluation counted
+    last_record: Optional[dict] = None    # its metrics record (None on other processes after a replay)
 
-    def add(self, step: int, top1: float) -> bool:
-        """Counts one periodic evaluation; True when the run should stop."""
-        self.evaluated_steps.add(step)
-        if top1 > self.best_top1:
-            self.best_top1, self.evals_without_gain = top1, 0
+    def add(self, record: dict) -> bool:
+        """Counts one periodic evaluation's record; True when the run should stop."""
+        self.last_step, self.last_record = int(record['step']), record
+        if record['top1'] > self.best_top1:
+            self.best_top1, self.evals_without_gain = float(record['top1']), 0
         else:
             self.evals_without_gain += 1
         return self.should_stop
@@ -224,24 +225,31 @@ class EarlyStopping:
                  up_to_step: int) -> 'EarlyStopping':
         """The count an uninterrupted run had at `up_to_step`, from the periodic evaluations in the workdir's
         metrics.jsonl (train records, final evaluations off the period, repeats of a step, cut lines and
-        records after `up_to_step` left out). Read by every process: the decision to stop must be the same
-        on all of them."""
+        records after `up_to_step` left out). Process 0's reading is broadcast: every process must take
+        the same decisions (to evaluate, to stop), which run collectives."""
         import tensorflow as tf
         stopping = cls(patience)
         path = os.path.join(workdir, 'metrics.jsonl')
-        if not tf.io.gfile.exists(path):
-            return stopping
-        with tf.io.gfile.GFile(path) as f:
-            lines = f.read().splitlines()
+        lines = []
+        if tf.io.gfile.exists(path):
+            with tf.io.gfile.GFile(path) as f:
+                lines = f.read().splitlines()
         for line in lines:
             try:
                 record = json.loads(line)
             except ValueError:   # a line cut short by a kill
                 continue
             step = record.get('step', 0)
-            if (record.get('split') == eval_split and step <= up_to_step and step % eval_every == 0
-                    and step not in stopping.evaluated_steps):
-                stopping.add(step, record['top1'])
+            if (record.get('split') == eval_split and 'num_examples' in record   # an evaluation's record
+                    and step <= up_to_step and step % eval_every == 0 and step > stopping.last_step):
+                stopping.add(record)
+        if jax.process_count() > 1:
+            from jax.experimental import multihost_utils
+            best, count, last = multihost_utils.broadcast_one_to_all(
+                (np.float32(stopping.best_top1), np.int32(stopping.evals_without_gain), np.int32(stopping.last_step)))
+            if int(last) != stopping.last_step:
+                stopping.last_record = None
+            stopping.best_top1, stopping.evals_without_gain, stopping.last_step = float(best), int(count), int(last)
         return stopping
 
 
@@ -420,9 +428,9 @@ def _train(config: ml_collections.ConfigDict, workdir: str, mesh: Mesh) -> dict:
     try:
         with _PreemptionFlag() as preemption:
             if (0 < start_step < setup.total_steps and start_step % eval_every == 0
-                    and start_step not in stopping.evaluated_steps and not stopping.should_stop):
+                    and stopping.last_step != start_step and not stopping.should_stop):
                 # preempted at an evaluation step: its checkpoint was saved before that evaluation ran
-                stopping.add(start_step, run_eval(state, start_step)['top1'])
+                stopping.add(run_eval(state, start_step))
             if stopping.should_stop and start_step < setup.total_steps:
                 logging.info('Early-stopped at step %d (no top-1 gain in %d evaluations); nothing to train.',
                              start_step, stopping.evals_without_gain)
@@ -484,7 +492,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str, mesh: Mesh) -> dict:
                     status = 'preempted'
                     break
                 if step % eval_every == 0 and not last:
-                    if stopping.add(step, run_eval(state, step)['top1']):
+                    if stopping.add(run_eval(state, step)):
                         logging.info('Early stopping at step %d: no top-1 gain in %d evaluations (best %.2f%%).',
                                      step, stopping.evals_without_gain, 100 * stopping.best_top1)
                         status = 'early_stopped'
@@ -492,7 +500,11 @@ def _train(config: ml_collections.ConfigDict, workdir: str, mesh: Mesh) -> dict:
 
         if status in ('finished', 'early_stopped'):
             save_final(step)
-            last_record = run_eval(state, step)
+            if status == 'early_stopped' and stopping.last_step == step:
+                # these weights were just evaluated (or, on a rerun, before the restart): no second evaluation
+                last_record = stopping.last_record or {'step': step}
+            else:
+                last_record = run_eval(state, step)
     except errors.TrainingStopped as stop:
         with contextlib.suppress(Exception):   # the stop's own line is what matters
             manager.close()

@@ -264,6 +264,20 @@ def test_winograd_is_chosen_only_where_measured():
 POOL_CASES = list(itertools.product(SIZES, (2, 3), (1, 2), ('SAME', ((1, 1), (1, 1)), ((0, 1), (1, 0)))))
 
 
+def test_xla_average_pool_equals_flax_padded_average_pool():
+    """The 'xla' average pool (explicit zero pad, then a VALID window: the form TFLite maps to PAD +
+    AVERAGE_POOL_2D) equals flax's pool over the same padding, which counts the padded zeros."""
+    import flax.linen as nn
+    rng = np.random.default_rng(0)
+    for (height, width), window, strides, padding in POOL_CASES:
+        x = jnp.asarray(rng.normal(size=(2, height, width, 5)), jnp.float32)
+        expected = nn.avg_pool(x, (window, window), (strides, strides), padding=padding)
+        actual = layers.avg_pool(x, window, strides, padding, 'xla')
+        assert actual.shape == expected.shape
+        np.testing.assert_allclose(actual, expected, rtol=0, atol=1e-6,
+                                   err_msg=f'{height}x{width} k{window} s{strides} {padding}')
+
+
 def _pool_values_and_grads(pool, impl, xs, cotangents):
     results = []
     for (_, window, strides, padding), x, cotangent in zip(POOL_CASES, xs, cotangents):

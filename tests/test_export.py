@@ -14,7 +14,7 @@ import pytest
 
 import mobilenets_jax as mj
 from mobilenets_jax import checkpoints
-from mobilenets_jax.export import formats, report, runtime
+from mobilenets_jax.export import formats, runtime
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RELATIVE_TOLERANCE = 1e-4
@@ -90,20 +90,20 @@ def tflite_ops(path):
 
 def assert_full_integer(ops):
     """One QUANTIZE in, one DEQUANTIZE out, and every op between them a TFLite builtin (no float islands,
-    no StableHLO op left for the interpreter's reference kernels)."""
+    no StableHLO, custom or TensorFlow (Flex) op)."""
     assert ops[0] == 'QUANTIZE' and ops[-1] == 'DEQUANTIZE', ops
     assert ops.count('QUANTIZE') == 1 and ops.count('DEQUANTIZE') == 1, ops
-    assert not [op for op in ops if op.startswith('STABLEHLO_')], ops
+    assert not [op for op in ops if op.startswith(('STABLEHLO_', 'CUSTOM', 'Flex'))], ops
 
 
 def test_int8_gelu_is_the_tflite_gelu_builtin(tmp_path):
     """A GELU MobileNetV4 (a miniature hybrid: Fused IB, UIB, Mobile MQA, layer scale) exports to
     full-integer int8 with TFLite's GELU builtin in place of the erf polynomial, and runs in LiteRT; the
-    float export keeps the erf form. The tanh form it traces differs from the erf form by < 4.8e-4."""
+    float export keeps the erf form. The tanh form it traces differs from the erf form by < 5e-4."""
     from mobilenets_jax.models import mobilenet_v4 as m4
     grid = np.linspace(-10.0, 10.0, 200_001, dtype=np.float32)
     gap = np.abs(m4.ACTIVATIONS['gelu_tanh'](grid) - m4.ACTIVATIONS['gelu'](grid)).max()
-    assert 1e-4 < gap < 4.8e-4
+    assert 1e-4 < gap < 5e-4
     blocks = (m4.ConvBN(3, 2, 16), m4.UIB(3, 3, 2, 24, 2.0), m4.MQA(2, 8, 2), m4.UIB(5, 0, 1, 24, 2.0))
     model = m4.MobileNetV4(num_classes=10, blocks=blocks, stem_channels=8, activation='gelu',
                            layer_scale_init=0.5, alpha=0.25)
@@ -156,7 +156,8 @@ def test_jax_latency_on_one_core(digits_model):
     """JAX's single-core latency is timed in a child process pinned to one core (it checks its own
     affinity and raises if it ran anywhere else)."""
     model, variables = digits_model
-    assert runtime.jax_latency_ms_one_core(model, variables, 16) > 0
+    latency = runtime.jax_latency_ms_one_core(model, variables, 16)
+    assert latency > 0 if hasattr(os, 'sched_setaffinity') else latency is None
 
 
 def test_missing_extra_names_the_pip_command(monkeypatch):
@@ -215,7 +216,7 @@ def test_cli_reports_parity_accuracy_and_latency(digits_model, tmp_path):
     assert record['relative_logit_diff'] <= RELATIVE_TOLERANCE and record['top1_agreement'] >= 0.99
     assert record['file_bytes'] == os.path.getsize(output)
     assert record['latency_ms_1_thread'] > 0 and record['jax_latency_ms_all_cores'] > 0
-    assert record['jax_latency_ms_1_core'] > 0 and 'JAX' in result.stdout and 'ms on 1 core' in result.stdout
+    assert record['jax_latency_ms_1_core'] > 0 and 'JAX' in result.stdout and 'ms on 1 CPU core' in result.stdout
     assert 'top-1 agreement' in result.stdout
 
 

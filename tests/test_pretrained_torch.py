@@ -364,7 +364,7 @@ def _import_timm():
         finder = _TorchvisionStandIns()
         sys.meta_path.insert(0, finder)
         try:
-            import timm
+            importlib.import_module('timm')
         finally:
             sys.meta_path.remove(finder)
             for name in _torchvision_modules():

@@ -159,25 +159,34 @@ def test_every_config_is_valid_and_documents_its_command(name):
 # ---------------------------------------------------------------------------------------------------
 
 def test_early_stopping_count_is_replayed_from_the_periodic_evaluations(tmp_path):
-    """Best top-1 and evaluations since it, from metrics.jsonl up to the resumed step: train records, final
-    evaluations off the period, a repeated step, a cut line and records after the step are left out."""
-    records = [{'step': 2, 'split': 'train', 'top1': 0.99}, {'step': 2, 'split': 'test', 'top1': 0.5},
-               {'step': 4, 'split': 'test', 'top1': 0.4}, {'step': 5, 'split': 'test', 'top1': 0.9},
-               {'step': 6, 'split': 'test', 'top1': 0.6}, {'step': 6, 'split': 'test', 'top1': 0.3},
-               {'step': 8, 'split': 'test', 'top1': 0.55}, {'step': 10, 'split': 'test', 'top1': 0.1}]
+    """Best top-1, evaluations since it and the last evaluated step, from metrics.jsonl up to the resumed
+    step: train records (even when the eval split is called 'train'), final evaluations off the period, a
+    repeated step, a cut line and records after the step are left out."""
+    def evaluation(step, top1, split='test'):
+        return {'step': step, 'split': split, 'top1': top1, 'num_examples': 32}
+    records = [{'step': 2, 'split': 'train', 'top1': 0.99}, evaluation(2, 0.5), evaluation(4, 0.4),
+               evaluation(5, 0.9), evaluation(6, 0.6), evaluation(6, 0.3), evaluation(8, 0.55), evaluation(10, 0.1)]
     lines = [json.dumps(r) for r in records]
     lines.insert(3, '{"step": 4, "split": "te')
     (tmp_path / 'metrics.jsonl').write_text('\n'.join(lines) + '\n')
 
-    def replayed(patience, up_to_step, workdir=str(tmp_path)):
-        stopping = train_lib.EarlyStopping.replayed(patience, workdir, 'test', 2, up_to_step)
-        return stopping.best_top1, stopping.evals_without_gain, sorted(stopping.evaluated_steps), stopping.should_stop
-    assert replayed(2, 8) == (0.6, 1, [2, 4, 6, 8], False)
-    assert replayed(1, 8) == (0.6, 1, [2, 4, 6, 8], True)
-    assert replayed(2, 4) == (0.5, 1, [2, 4], False)
-    assert replayed(2, 10) == (0.6, 2, [2, 4, 6, 8, 10], True)
+    def replayed(patience, up_to_step, workdir=tmp_path, split='test'):
+        stopping = train_lib.EarlyStopping.replayed(patience, str(workdir), split, 2, up_to_step)
+        return stopping.best_top1, stopping.evals_without_gain, stopping.last_step, stopping.should_stop
+    assert replayed(2, 8) == (0.6, 1, 8, False)
+    assert replayed(1, 8) == (0.6, 1, 8, True)
+    assert replayed(2, 4) == (0.5, 1, 4, False)
+    assert replayed(2, 10) == (0.6, 2, 10, True)
     assert replayed(0, 10)[3] is False   # patience 0: never stops
-    assert replayed(2, 10, str(tmp_path / 'none')) == (-1.0, 0, [], False)
+    assert replayed(2, 10, tmp_path / 'none') == (-1.0, 0, -1, False)
+    assert train_lib.EarlyStopping.replayed(2, str(tmp_path), 'test', 2, 8).last_record == evaluation(8, 0.55)
+
+    train_named = tmp_path / 'train_named'
+    train_named.mkdir()
+    records = [{'step': 2, 'split': 'train', 'top1': 0.9}, evaluation(2, 0.5, 'train'),
+               {'step': 4, 'split': 'train', 'top1': 0.95}, evaluation(4, 0.4, 'train')]
+    (train_named / 'metrics.jsonl').write_text(''.join(json.dumps(r) + '\n' for r in records))
+    assert replayed(2, 4, train_named, 'train') == (0.5, 1, 4, False)
 
 
 def _periodic_evals(workdir, every):
@@ -188,8 +197,8 @@ def _periodic_evals(workdir, every):
 @pytest.mark.slow
 def test_early_stopping_count_survives_a_restart(tiny_config, tmp_path):
     """A run restarted between two evaluations without gain, or preempted at an evaluation step, stops where
-    the uninterrupted run stopped (a fresh count, or a skipped evaluation, would let it run on), and rerunning
-    an early-stopped run trains nothing."""
+    the uninterrupted run stopped (a fresh count, or a skipped evaluation, would let it run on); rerunning
+    an early-stopped run trains and evaluates nothing."""
     def config(steps):
         # constant rate, no warmup: the schedule does not depend on num_train_steps, so a run cut short
         # and continued computes the same steps as the whole run
@@ -200,7 +209,8 @@ def test_early_stopping_count_survives_a_restart(tiny_config, tmp_path):
     assert whole['status'] == 'early_stopped', whole
     stop = whole['step']
     evals = _periodic_evals(str(tmp_path / 'whole'), 2)
-    assert evals[-1][0] == stop and len(evals) >= 3
+    assert evals[-1][0] == stop and len(evals) >= 3   # the stop's evaluation is the result: not run twice
+    assert whole['top1'] == evals[-1][1] and len(evals) == len({step for step, _ in evals})
 
     parts = str(tmp_path / 'parts')
     first = train_lib.train_and_evaluate(config(stop - 1), parts)   # after the evaluation at stop - 2
@@ -221,7 +231,7 @@ def test_early_stopping_count_survives_a_restart(tiny_config, tmp_path):
     assert (resumed['status'], resumed['step']) == ('early_stopped', stop)
     assert _periodic_evals(preempted, 2) == evals
 
-    trained = [r['step'] for r in _read_metrics(parts) if r['split'] == 'train']
+    before = _read_metrics(parts)
     again = train_lib.train_and_evaluate(config(60), parts)
-    assert (again['status'], again['step']) == ('early_stopped', stop)
-    assert [r['step'] for r in _read_metrics(parts) if r['split'] == 'train'] == trained   # nothing trained
+    assert (again['status'], again['step'], again['top1']) == ('early_stopped', stop, evals[-1][1])
+    assert _read_metrics(parts) == before   # nothing trained, nothing evaluated again

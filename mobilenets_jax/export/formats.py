@@ -16,7 +16,8 @@ one `lax.conv_general_dilated`. The training-speed kernels of `mobilenets_jax.op
 1×1 convolutions as matmuls, shifted depthwise taps) compute the same numbers but reach the converters
 as gathers, slices and matmuls: the TFLite converter rejects the im2col stem under a dynamic batch
 ('vhlo.dynamic_gather_v1' op is not part of the vhlo support yet), and none of those forms becomes a
-CONV_2D that XNNPACK and the int8 kernels run.
+CONV_2D that XNNPACK and the int8 kernels run. For int8 only, GELU is traced in its tanh form, which the
+converter fuses into its GELU builtin (`INT8_ACTIVATIONS`).
 
 The preprocessing the model expects (normalization formula, image size, layout) is written into the file:
 TFLite metadata entry `PREPROCESSING_KEY` (flatbuffer `Model.metadata`), ONNX `metadata_props`, and the
@@ -104,7 +105,7 @@ def _check_calibration(format: str, calibration_images, image_size: int) -> None
 # DIV, SELECT, ...) that the quantizer leaves in float between DEQUANTIZE ops and whose graph aborts LiteRT
 # (2.3) in allocate_tensors; the converter fuses the tanh approximation into its GELU builtin, which has an
 # int8 kernel. The two forms differ by at most 4.8e-4 (jax.nn.gelu with approximate True vs False, over
-# [-10, 10]; tests/test_export.py), far below int8's own rounding; float formats keep the erf form.
+# [-10, 10]; tests/test_export.py checks < 5e-4), far below int8's rounding; float formats keep the erf form.
 INT8_ACTIVATIONS = {'gelu': 'gelu_tanh'}
 
 

@@ -108,9 +108,10 @@ def latency_ms(run: Callable, image: np.ndarray, *, warmup: int = 3, min_runs: i
     return 1000.0 * float(np.median(times))
 
 
-def jax_latency_ms_one_core(model, variables: dict, image_size: int) -> Optional[float]:
-    """Median ms per image of `model.apply` (jit, batch 1) with every XLA thread on one CPU core; None
-    where the OS cannot pin a process (no `os.sched_setaffinity`: macOS, Windows).
+def jax_latency_ms_one_core(model, variables: dict, image_size: int, timeout_s: float = 900.0) -> Optional[float]:
+    """Median ms per image of `model.apply` (jit, batch 1, CPU) with every XLA thread on one CPU core; None
+    where the OS cannot pin a process (no `os.sched_setaffinity`: macOS, Windows). RuntimeError if the
+    timing process fails, runs elsewhere or outlives `timeout_s`.
 
     JAX has no per-call or per-process thread setting (jax-ml/jax issues 1539 and 6790, both open), so
     the model is timed in a child process that pins itself to one core before it imports JAX; all its
@@ -128,11 +129,16 @@ def jax_latency_ms_one_core(model, variables: dict, image_size: int) -> Optional
                 f'from mobilenets_jax.export import runtime; runtime._time_pickled_model({path!r})')
         env = dict(os.environ, JAX_PLATFORMS='cpu',
                    PYTHONPATH=os.pathsep.join(filter(None, [package_root, os.environ.get('PYTHONPATH')])))
-        result = subprocess.run([sys.executable, '-c', code], env=env, capture_output=True, text=True)
-    if result.returncode != 0:
+        try:
+            result = subprocess.run([sys.executable, '-c', code], env=env, capture_output=True, text=True,
+                                    timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            raise RuntimeError(f'timing JAX on one core took over {timeout_s:.0f} s') from None
+    lines = result.stdout.strip().splitlines()
+    if result.returncode != 0 or not lines:
         last = (result.stderr.strip().splitlines() or ['(no output)'])[-1]
         raise RuntimeError(f'timing JAX on one core failed (exit {result.returncode}): {last}')
-    timed = json.loads(result.stdout.strip().splitlines()[-1])
+    timed = json.loads(lines[-1])
     if timed['cores'] != [core]:
         raise RuntimeError(f'the timing process ran on cores {timed["cores"]}, not on core {core} alone')
     return float(timed['latency_ms'])

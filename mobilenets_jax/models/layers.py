@@ -186,8 +186,8 @@ def avg_pool(x, window: int, strides: int, padding, impl: str = 'auto'):
     implementations `ops.shifted_avg_pool`.
     """
     if ops.check_depthwise_impl(impl) == 'xla':
-        # The padding is its own op and the window runs VALID: the same numbers (the zeros are counted
-        # either way), in the form the TFLite converter maps to PAD + AVERAGE_POOL_2D. A padded window
+        # The padding is its own op and the window runs VALID: the same sums to rounding (the zeros are
+        # counted either way), in the form the TFLite converter maps to PAD + AVERAGE_POOL_2D. A padded window
         # sum stays a StableHLO reduce_window there, which its int8 quantizer rejects (ShuffleNet V1).
         if isinstance(padding, str):
             padding = lax.padtype_to_pads(x.shape[1:3], (window, window), (strides, strides), padding)
