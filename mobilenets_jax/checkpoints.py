@@ -455,17 +455,22 @@ def load_variables(manager: ocp.CheckpointManager, step: int, expected: dict, me
     return _inference_pair(manager, step, expected, mesh, ema=False), 'raw'
 
 
-def restore_inference_variables(workdir: str, mesh: Mesh, *, expected: Optional[dict] = None,
-                                step: Optional[int] = None, weights: Optional[str] = None,
-                                check: Optional[Callable[[dict], None]] = None) -> tuple[dict, int, str]:
+def restore_inference_variables(workdir: str, mesh: Mesh, *, config: Optional[ml_collections.ConfigDict] = None,
+                                step: Optional[int] = None, weights: Optional[str] = None) -> tuple[dict, int, str]:
     """(variables on `mesh`, step, 'ema' | 'raw'): how eval.py, export.py and `config.init_from` read a run.
 
     `step` None: the newest step that reads back; a damaged newer one is skipped with a warning (reading
     only: nothing is moved). A damaged requested step, or no readable step at all, is a one-line UserError.
-    `expected`: the abstract {'params', 'batch_stats'} to restore into (None: the checkpoint's own shapes);
-    `check(saved)` raises ValueError when the checkpoint does not fit (e.g. `check_shapes` against a config).
+    `config`: the variables are restored into its model's shapes, and a checkpoint that does not fit it is a
+    ValueError naming the parameter (`check_shapes`); None: the checkpoint's own shapes.
     """
-    from mobilenets_jax import errors
+    from mobilenets_jax import errors, models
+    expected = None
+    if config is not None:
+        size = config_lib.image_size(config)
+        abstract = models.abstract_variables(config_lib.create_model(config), (1, size, size, 3))
+        expected = {'params': abstract['params'], 'batch_stats': abstract.get('batch_stats', {})}
+        num_classes = datasets.get_dataset_info(config.dataset).num_classes
     manager = open_checkpoints(workdir)
     try:
         newest = resolve_step(manager, workdir, step)
@@ -473,8 +478,9 @@ def restore_inference_variables(workdir: str, mesh: Mesh, *, expected: Optional[
 
         def read(candidate):
             saved = read_or_damaged('its metadata', saved_tree, manager, candidate)
-            if check is not None:
-                check(saved)
+            if expected is not None:
+                check_shapes({'params': saved['params'], 'batch_stats': saved.get('batch_stats', {})}, expected,
+                             config, num_classes)
             target = expected or {'params': saved['params'], 'batch_stats': saved.get('batch_stats', {})}
             return read_or_damaged('its arrays', load_variables, manager, candidate, target, mesh, weights, saved,
                                    damage=is_damage)

@@ -28,7 +28,7 @@ import jax
 import ml_collections
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from mobilenets_jax import checkpoints, compilation_cache, config_lib, models, steps, train_lib
+from mobilenets_jax import checkpoints, compilation_cache, config_lib, steps, train_lib
 from mobilenets_jax.data import datasets
 
 RESULTS_FILE = 'eval_results.jsonl'
@@ -141,14 +141,9 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str, *, step
     info = datasets.get_dataset_info(config.dataset)
     model = config_lib.create_model(config)
     size = config_lib.image_size(config)
-    expected = models.abstract_variables(model, (1, size, size, 3))
-    expected = {'params': expected['params'], 'batch_stats': expected.get('batch_stats', {})}
     restore_start = time.time()
-    variables, step, weights = checkpoints.restore_inference_variables(
-        workdir, mesh, expected=expected, step=step, weights=weights,
-        check=lambda saved: checkpoints.check_shapes(
-            {'params': saved['params'], 'batch_stats': saved.get('batch_stats', {})}, expected, config,
-            info.num_classes))
+    variables, step, weights = checkpoints.restore_inference_variables(workdir, mesh, config=config, step=step,
+                                                                       weights=weights)
     restore_secs = time.time() - restore_start
 
     from mobilenets_jax.data import input_pipeline  # TensorFlow: imported once past the cheap checks

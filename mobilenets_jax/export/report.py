@@ -17,7 +17,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from mobilenets_jax import checkpoints, config_lib, models, steps
+from mobilenets_jax import checkpoints, config_lib, steps
 from mobilenets_jax.data import datasets
 from mobilenets_jax.export import formats, runtime
 
@@ -29,15 +29,8 @@ def restore_variables(config: ml_collections.ConfigDict, workdir: str, step: Opt
                       weights: Optional[str]) -> tuple[dict, int, str]:
     """({'params', 'batch_stats'} as host arrays, step, 'ema' | 'raw'), read as eval.py reads them."""
     checkpoints.check_weights(weights)
-    model = config_lib.create_model(config)
-    size = config_lib.image_size(config)
-    num_classes = datasets.get_dataset_info(config.dataset).num_classes
-    expected = models.abstract_variables(model, (1, size, size, 3))
-    expected = {'params': expected['params'], 'batch_stats': expected.get('batch_stats', {})}
-    variables, step, weights = checkpoints.restore_inference_variables(
-        workdir, steps.create_mesh(), expected=expected, step=step, weights=weights,
-        check=lambda saved: checkpoints.check_shapes(
-            {'params': saved['params'], 'batch_stats': saved.get('batch_stats', {})}, expected, config, num_classes))
+    variables, step, weights = checkpoints.restore_inference_variables(workdir, steps.create_mesh(), config=config,
+                                                                       step=step, weights=weights)
     return jax.device_get(variables), int(step), weights
 
 
