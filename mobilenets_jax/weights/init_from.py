@@ -8,6 +8,8 @@ A variable with no counterpart, or one left over, is an error naming it (nothing
 """
 from __future__ import annotations
 
+from typing import Optional
+
 import jax
 import ml_collections
 import numpy as np
@@ -58,13 +60,19 @@ def _from_workdir(workdir: str) -> dict:
 _SOURCE_BY_SUFFIX = {'.h5': 'keras', '.pth': 'torchvision', '.safetensors': 'timm'}
 
 
+def _split_source(init_from: str) -> tuple[Optional[str], str]:
+    """('timm', '/path/x.pth') for 'timm:/path/x.pth'; (None, init_from) without a known 'SOURCE:' prefix."""
+    from mobilenets_jax import weights
+    prefix, _, rest = init_from.partition(':')
+    return (prefix, rest) if rest and prefix in weights.SOURCES else (None, init_from)
+
+
 def source_of(init_from: str) -> tuple[str, str]:
     """(source, path) of a released file: 'keras' for .h5, 'torchvision' for .pth, 'timm' for .safetensors;
     a 'SOURCE:' prefix (e.g. 'timm:/path/pytorch_model.pth') names the source explicitly."""
-    from mobilenets_jax import weights
-    prefix, _, rest = init_from.partition(':')
-    if rest and prefix in weights.SOURCES:
-        return prefix, rest
+    source, path = _split_source(init_from)
+    if source is not None:
+        return source, path
     for suffix, source in _SOURCE_BY_SUFFIX.items():
         if init_from.endswith(suffix):
             return source, init_from
@@ -76,10 +84,7 @@ def check_exists(init_from: str) -> None:
     """ValueError, before anything trains, when `config.init_from` names nothing (local or gs:// paths,
     with or without a 'SOURCE:' prefix)."""
     import tensorflow as tf   # gfile: local paths and gs:// alike
-    from mobilenets_jax import weights
-    prefix, _, rest = init_from.partition(':')
-    path = rest if rest and prefix in weights.SOURCES else init_from
-    if not tf.io.gfile.exists(path):
+    if not tf.io.gfile.exists(_split_source(init_from)[1]):
         raise ValueError(f'config.init_from={init_from!r}: no such file or directory (a workdir of ours, or a '
                          f'weight file: {", ".join(_SOURCE_BY_SUFFIX)}, or SOURCE:PATH)')
 
