@@ -159,30 +159,44 @@ def evaluate(eval_fn, variables: dict, dataset, mesh: Mesh, *, max_batches: int 
 # ----------------------------------------------------------------------------------------------
 
 class MetricWriter:
-    """metrics.jsonl plus TensorBoard events; only process 0 writes."""
+    """metrics.jsonl plus TensorBoard events; only process 0 writes.
+
+    `records`: on process 0, the run's earlier records up to `resumed_step` (what metrics.jsonl keeps);
+    elsewhere empty.
+    """
 
     def __init__(self, workdir: str, resumed_step: int = 0):
         self.active = jax.process_index() == 0
         self._tb = None
+        self.records: list[dict] = []
         if self.active:
             import tensorflow as tf
             tf.io.gfile.makedirs(workdir)
             self._jsonl_path = os.path.join(workdir, 'metrics.jsonl')
-            self._drop_records_after(resumed_step)
+            self.records = self._drop_records_after(resumed_step)
             self._tb = tf.summary.create_file_writer(os.path.join(workdir, 'tensorboard'))
 
-    def _drop_records_after(self, step: int) -> None:
-        """A resumed run repeats the steps after its checkpoint: their old records would be duplicates."""
+    def _drop_records_after(self, step: int) -> list[dict]:
+        """A resumed run repeats the steps after its checkpoint: their old records would be duplicates, and
+        a line cut short by a kill is dropped. Returns the records kept."""
         import tensorflow as tf
         if not tf.io.gfile.exists(self._jsonl_path):
-            return
+            return []
         with tf.io.gfile.GFile(self._jsonl_path) as f:
             lines = f.read().splitlines()
-        kept = [line for line in lines if line.strip() and _record_step(line) <= step]
+        kept = []
+        for line in lines:
+            try:
+                record = json.loads(line)
+            except ValueError:   # a cut line (or an empty one)
+                continue
+            if record.get('step', 0) <= step:
+                kept.append((line, record))
         if len(kept) != len(lines):
             with tf.io.gfile.GFile(self._jsonl_path + '.tmp', 'w') as f:
-                f.write(''.join(line + '\n' for line in kept))
+                f.write(''.join(line + '\n' for line, _ in kept))
             tf.io.gfile.rename(self._jsonl_path + '.tmp', self._jsonl_path, overwrite=True)
+        return [record for _, record in kept]
 
     def write(self, record: dict) -> None:
         if not self.active:
@@ -221,27 +235,16 @@ class EarlyStopping:
         return 0 < self.patience <= self.evals_without_gain
 
     @classmethod
-    def replayed(cls, patience: int, workdir: str, eval_split: str, eval_every: int,
-                 up_to_step: int) -> 'EarlyStopping':
-        """The count an uninterrupted run had at `up_to_step`, from the periodic evaluations in the workdir's
-        metrics.jsonl (train records, final evaluations off the period, repeats of a step, cut lines and
-        records after `up_to_step` left out). Process 0's reading is broadcast: every process must take
-        the same decisions (to evaluate, to stop), which run collectives."""
-        import tensorflow as tf
+    def replayed(cls, patience: int, records: list[dict], eval_split: str, eval_every: int) -> 'EarlyStopping':
+        """The count an uninterrupted run had where this one resumes, from the periodic evaluations among
+        the run's earlier `records` (`MetricWriter.records`: process 0's, up to the resumed step; train
+        records, final evaluations off the period and repeats of a step are left out). Process 0's count is
+        broadcast: every process must take the same decisions (to evaluate, to stop), which run collectives."""
         stopping = cls(patience)
-        path = os.path.join(workdir, 'metrics.jsonl')
-        lines = []
-        if tf.io.gfile.exists(path):
-            with tf.io.gfile.GFile(path) as f:
-                lines = f.read().splitlines()
-        for line in lines:
-            try:
-                record = json.loads(line)
-            except ValueError:   # a line cut short by a kill
-                continue
+        for record in records:
             step = record.get('step', 0)
             if (record.get('split') == eval_split and 'num_examples' in record   # an evaluation's record
-                    and step <= up_to_step and step % eval_every == 0 and step > stopping.last_step):
+                    and step % eval_every == 0 and step > stopping.last_step):
                 stopping.add(record)
         if jax.process_count() > 1:
             from jax.experimental import multihost_utils
@@ -251,13 +254,6 @@ class EarlyStopping:
                 stopping.last_record = None
             stopping.best_top1, stopping.evals_without_gain, stopping.last_step = float(best), int(count), int(last)
         return stopping
-
-
-def _record_step(line: str) -> float:
-    try:
-        return float(json.loads(line).get('step', 0))
-    except ValueError:   # a line cut short by a kill: drop it
-        return float('inf')
 
 
 def format_seconds(seconds: float) -> str:
@@ -423,7 +419,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str, mesh: Mesh) -> dict:
     run_start, run_start_step = time.time(), start_step
     status = 'finished'
     # A resumed run continues the early-stopping count of the evaluations before its checkpoint.
-    stopping = EarlyStopping.replayed(config.early_stopping_patience, workdir, eval_split, eval_every, start_step)
+    stopping = EarlyStopping.replayed(config.early_stopping_patience, writer.records, eval_split, eval_every)
     monitor = DivergenceMonitor(config.divergence_factor)
     try:
         with _PreemptionFlag() as preemption:

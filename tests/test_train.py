@@ -159,34 +159,42 @@ def test_every_config_is_valid_and_documents_its_command(name):
 # ---------------------------------------------------------------------------------------------------
 
 def test_early_stopping_count_is_replayed_from_the_periodic_evaluations(tmp_path):
-    """Best top-1, evaluations since it and the last evaluated step, from metrics.jsonl up to the resumed
-    step: train records (even when the eval split is called 'train'), final evaluations off the period, a
-    repeated step, a cut line and records after the step are left out."""
+    """Best top-1, evaluations since it and the last evaluated step, from the records a resumed run keeps
+    (MetricWriter: a cut line and the records after the resumed step dropped): train records (even when
+    the eval split is called 'train'), final evaluations off the period and a repeated step left out."""
     def evaluation(step, top1, split='test'):
         return {'step': step, 'split': split, 'top1': top1, 'num_examples': 32}
     records = [{'step': 2, 'split': 'train', 'top1': 0.99}, evaluation(2, 0.5), evaluation(4, 0.4),
                evaluation(5, 0.9), evaluation(6, 0.6), evaluation(6, 0.3), evaluation(8, 0.55), evaluation(10, 0.1)]
     lines = [json.dumps(r) for r in records]
     lines.insert(3, '{"step": 4, "split": "te')
-    (tmp_path / 'metrics.jsonl').write_text('\n'.join(lines) + '\n')
 
-    def replayed(patience, up_to_step, workdir=tmp_path, split='test'):
-        stopping = train_lib.EarlyStopping.replayed(patience, str(workdir), split, 2, up_to_step)
+    def replayed(patience, up_to_step, records_lines=lines, split='test'):
+        workdir = tmp_path / f'run_{len(os.listdir(tmp_path))}'
+        workdir.mkdir()
+        (workdir / 'metrics.jsonl').write_text('\n'.join(records_lines) + '\n')
+        kept = train_lib.MetricWriter(str(workdir), resumed_step=up_to_step).records
+        stopping = train_lib.EarlyStopping.replayed(patience, kept, split, 2)
         return stopping.best_top1, stopping.evals_without_gain, stopping.last_step, stopping.should_stop
     assert replayed(2, 8) == (0.6, 1, 8, False)
     assert replayed(1, 8) == (0.6, 1, 8, True)
     assert replayed(2, 4) == (0.5, 1, 4, False)
     assert replayed(2, 10) == (0.6, 2, 10, True)
     assert replayed(0, 10)[3] is False   # patience 0: never stops
-    assert replayed(2, 10, tmp_path / 'none') == (-1.0, 0, -1, False)
-    assert train_lib.EarlyStopping.replayed(2, str(tmp_path), 'test', 2, 8).last_record == evaluation(8, 0.55)
+    assert replayed(2, 10, []) == (-1.0, 0, -1, False)
+    assert train_lib.EarlyStopping.replayed(2, [evaluation(8, 0.55)], 'test', 2).last_record == evaluation(8, 0.55)
 
-    train_named = tmp_path / 'train_named'
-    train_named.mkdir()
-    records = [{'step': 2, 'split': 'train', 'top1': 0.9}, evaluation(2, 0.5, 'train'),
-               {'step': 4, 'split': 'train', 'top1': 0.95}, evaluation(4, 0.4, 'train')]
-    (train_named / 'metrics.jsonl').write_text(''.join(json.dumps(r) + '\n' for r in records))
-    assert replayed(2, 4, train_named, 'train') == (0.5, 1, 4, False)
+    train_named = [{'step': 2, 'split': 'train', 'top1': 0.9}, evaluation(2, 0.5, 'train'),
+                   {'step': 4, 'split': 'train', 'top1': 0.95}, evaluation(4, 0.4, 'train')]
+    assert replayed(2, 4, [json.dumps(r) for r in train_named], 'train') == (0.5, 1, 4, False)
+
+
+def test_metric_writer_keeps_the_records_up_to_the_resumed_step(tmp_path):
+    lines = [json.dumps({'step': 1, 'split': 'train'}), '{"step": 2, "spl', json.dumps({'step': 3, 'split': 'train'})]
+    (tmp_path / 'metrics.jsonl').write_text('\n'.join(lines) + '\n')
+    writer = train_lib.MetricWriter(str(tmp_path), resumed_step=2)
+    assert writer.records == [{'step': 1, 'split': 'train'}]
+    assert (tmp_path / 'metrics.jsonl').read_text() == lines[0] + '\n'
 
 
 def _periodic_evals(workdir, every):
