@@ -181,10 +181,7 @@ def _converted_values(ours: Layer, theirs: FileLayer) -> tuple[dict, dict]:
     return {'conv': {name: theirs.weights[name] for name in ours.shapes}}, {}
 
 
-def _set(tree: dict, path: tuple, values: dict) -> None:
-    for key in path:
-        tree = tree.setdefault(key, {})
-    tree.update(values)
+_model_layers = state_dict.source_layout(BUILD_OPTIONS)   # (module, our layers in forward order: Keras' order)
 
 
 @functools.cache
@@ -233,11 +230,6 @@ def _num_classes(file_layers: list[FileLayer]) -> Optional[int]:
     return int(file_layers[-1].weights['bias'].shape[0])
 
 
-def _model_layers(model_name: str, alpha: float, num_classes: int, options: dict):
-    """(module, our layers in forward order: Keras' layer order)."""
-    return state_dict.model_layers(model_name, alpha, num_classes, dict(BUILD_OPTIONS[model_name], **options))
-
-
 def convert(file_layers: list[FileLayer], model_name: str, alpha: float, num_classes: int,
             options: dict, path: str = 'the file'):
     """Pairs the file's layers with ours in order; returns (module, variables) or raises naming the first misfit."""
@@ -250,9 +242,9 @@ def convert(file_layers: list[FileLayer], model_name: str, alpha: float, num_cla
                              f'file\'s {theirs.describe()} against our {ours.describe()}; {problem}; '
                              f'{_why(model_name, alpha, file_layers)}')
         layer_params, layer_stats = _converted_values(ours, theirs)
-        _set(params, ours.path, layer_params)
+        state_dict.set_at(params, ours.path, layer_params)
         if layer_stats:
-            _set(batch_stats, ours.path, layer_stats)
+            state_dict.set_at(batch_stats, ours.path, layer_stats)
     if len(file_layers) != len(layers):
         if len(file_layers) > len(layers):
             left = 'unused weights in the file: ' + '; '.join(t.describe() for t in file_layers[len(layers):])

@@ -134,7 +134,8 @@ def _converted(layer: Layer, entry: Entry, state: dict) -> tuple[dict, dict]:
     return ({'conv': leaves} if layer.kind == 'conv' else leaves), {}
 
 
-def _set(tree: dict, path: tuple, values: dict) -> None:
+def set_at(tree: dict, path: tuple, values: dict) -> None:
+    """Puts a layer's leaves at its module path in a nested variable tree (creating the parents)."""
     for key in path:
         tree = tree.setdefault(key, {})
     tree.update(values)
@@ -193,9 +194,9 @@ def convert(state: dict, layers: list[Layer], table: dict, *, what: str, why: Ca
                                  f'{why()}')
         used.update(expected)
         layer_params, layer_stats = _converted(layer, table[layer.path], state)
-        _set(params, layer.path, layer_params)
+        set_at(params, layer.path, layer_params)
         if layer_stats:
-            _set(batch_stats, layer.path, layer_stats)
+            set_at(batch_stats, layer.path, layer_stats)
     unused = sorted((key for key in file_shapes(state) if key not in used), key=natural_key)
     if missing or unused:
         listed = [f'weights missing from the file: {"; ".join(missing)}'] if missing else []
@@ -238,13 +239,19 @@ def block_number(name: str) -> Optional[int]:
     return int(match.group(1)) if match else None
 
 
-def source_layouts(build_options: dict, key_table: Callable) -> tuple[Callable, Callable]:
-    """A source's two layout functions, from its `BUILD_OPTIONS` and `key_table(layers, model_name)`:
-    `layout(model, alpha, num_classes, options=None)` -> (module, our layers) built with the source's options
-    (`options` override them), and `released_shapes(model, alpha, num_classes)` -> the file's expected
-    {key: shape} (cached: the error path compares a file against every released layout)."""
+def source_layout(build_options: dict) -> Callable:
+    """`layout(model, alpha, num_classes, options=None)` -> (module, our layers in forward order), the
+    model built with a source's `BUILD_OPTIONS` (`options` override them)."""
     def layout(model_name: str, alpha: float, num_classes: int, options: Optional[dict] = None):
         return model_layers(model_name, alpha, num_classes, dict(build_options[model_name], **(options or {})))
+    return layout
+
+
+def source_layouts(build_options: dict, key_table: Callable) -> tuple[Callable, Callable]:
+    """A state-dict source's two layout functions, from its `BUILD_OPTIONS` and `key_table(layers, model_name)`:
+    `source_layout(build_options)`, and `released_shapes(model, alpha, num_classes)` -> the file's expected
+    {key: shape} (cached: the error path compares a file against every released layout)."""
+    layout = source_layout(build_options)
 
     @functools.cache
     def released_shapes(model_name: str, alpha: float, num_classes: int) -> dict:
