@@ -51,6 +51,12 @@ def assert_parity(exported_logits, reference):
     assert np.abs(exported_logits - reference).max() <= RELATIVE_TOLERANCE * scale
 
 
+def tflite_ops(path):
+    """The operator names of a TFLite file, in execution order."""
+    from ai_edge_litert import interpreter as litert
+    return [op['op_name'] for op in litert.Interpreter(model_path=path)._get_ops_details()]
+
+
 @pytest.fixture(scope='module')
 def digits_model():
     model = mj.create_model('cifar_mobilenet_v1', num_classes=10, alpha=0.5)
@@ -71,21 +77,14 @@ def test_float_formats_match_jax_and_record_preprocessing(digits_model, fmt, tmp
 
 def test_tflite_float_is_builtin_convolutions(digits_model, tmp_path):
     """The export form reaches TFLite as CONV_2D / DEPTHWISE_CONV_2D, not im2col gathers or matmuls."""
-    from ai_edge_litert import interpreter as litert
     model, variables = digits_model
     absl_logger = logging.getLogger('absl')
     level = absl_logger.level
     path = formats.export(model, variables, 'tflite', str(tmp_path / 'm.tflite'), image_size=16)
     assert absl_logger.level == level   # the converter's WARNING level does not outlive the export
-    ops = {op['op_name'] for op in litert.Interpreter(model_path=path)._get_ops_details()}
+    ops = set(tflite_ops(path))
     assert {'CONV_2D', 'DEPTHWISE_CONV_2D'} <= ops
     assert not ops & {'GATHER', 'BATCH_MATMUL', 'STRIDED_SLICE'}
-
-
-def tflite_ops(path):
-    """The operator names of a TFLite file, in execution order."""
-    from ai_edge_litert import interpreter as litert
-    return [op['op_name'] for op in litert.Interpreter(model_path=path)._get_ops_details()]
 
 
 def assert_full_integer(ops):
@@ -216,7 +215,7 @@ def test_cli_reports_parity_accuracy_and_latency(digits_model, tmp_path):
     assert record['relative_logit_diff'] <= RELATIVE_TOLERANCE and record['top1_agreement'] >= 0.99
     assert record['file_bytes'] == os.path.getsize(output)
     assert record['latency_ms_1_thread'] > 0 and record['jax_latency_ms_all_cores'] > 0
-    assert record['jax_latency_ms_1_core'] > 0 and 'JAX' in result.stdout and 'ms on 1 CPU core' in result.stdout
+    assert record['jax_latency_ms_1_core'] > 0 and 'ms on 1 CPU core' in result.stdout
     assert 'top-1 agreement' in result.stdout
 
 
