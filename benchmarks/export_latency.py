@@ -35,9 +35,7 @@ def main(argv):
         for name in FLAGS.models:
             model = mj.create_model(name)
             variables = mj.init_variables(model, 0, (1, size, size, 3))
-            apply = jax.jit(lambda v, x, m=model: m.apply(v, x, train=False))   # weights as an argument
-            jax_fn = lambda x, v=variables: apply(v, x)   # noqa: E731
-            jax_ms = runtime.latency_ms(jax_fn, image)
+            jax_ms = runtime.latency_ms(runtime.jax_logits_fn(model, variables), image)
             jax_one_core_ms = runtime.jax_latency_ms_one_core(model, variables, size)
             calibration = np.random.RandomState(1).uniform(-1, 1, (32, size, size, 3)).astype(np.float32)
             for fmt in FLAGS.formats:

@@ -104,8 +104,8 @@ def _check_calibration(format: str, calibration_images, image_size: int) -> None
 # Activations traced in another form for int8 only. jax2tf lowers the erf GELU to a polynomial (ABS, EXP,
 # DIV, SELECT, ...) that the quantizer leaves in float between DEQUANTIZE ops and whose graph aborts LiteRT
 # (2.3) in allocate_tensors; the converter fuses the tanh approximation into its GELU builtin, which has an
-# int8 kernel. The two forms differ by at most 4.8e-4 (jax.nn.gelu with approximate True vs False, over
-# [-10, 10]; tests/test_export.py checks < 5e-4), far below int8's rounding; float formats keep the erf form.
+# int8 kernel. The two forms differ by < 5e-4 over [-10, 10] (jax.nn.gelu with approximate True vs False;
+# tests/test_export.py), far below int8's rounding; float formats keep the erf form.
 INT8_ACTIVATIONS = {'gelu': 'gelu_tanh'}
 
 

@@ -109,9 +109,7 @@ def export_checkpoint(config: ml_collections.ConfigDict, workdir: str, *, format
                    int8_io=int8_io, normalization=config.normalization)
     export_secs = time.time() - started
 
-    # the weights as an argument, not closed over: closed-over arrays become constants of the compiled program
-    apply = jax.jit(lambda variables, images: model.apply(variables, images, train=False))
-    jax_logits = lambda images: apply(variables, images)   # noqa: E731
+    jax_logits = runtime.jax_logits_fn(model, variables)
     exported = runtime.load(output, format)
     split = split or config.eval_split or datasets.get_dataset_info(config.dataset).eval_split
     record = {'format': format, 'output': output, 'file_bytes': runtime.file_size(output), 'step': step,

@@ -108,6 +108,15 @@ def latency_ms(run: Callable, image: np.ndarray, *, warmup: int = 3, min_runs: i
     return 1000.0 * float(np.median(times))
 
 
+def jax_logits_fn(model, variables: dict) -> Callable:
+    """images → logits of `model` in JAX (jit, inference mode): what the exported files are compared with.
+    The weights are an argument of the compiled program, not closed over (closed-over arrays would be
+    baked in as constants)."""
+    import jax
+    apply = jax.jit(lambda v, x: model.apply(v, x, train=False))
+    return lambda images: apply(variables, images)
+
+
 def jax_latency_ms_one_core(model, variables: dict, image_size: int, timeout_s: float = 900.0) -> Optional[float]:
     """Median ms per image of `model.apply` (jit, batch 1, CPU) with every XLA thread on one CPU core; None
     where the OS cannot pin a process (no `os.sched_setaffinity`: macOS, Windows). RuntimeError if the
@@ -151,11 +160,8 @@ def _host(variables: dict) -> dict:
 
 def _time_pickled_model(path: str) -> None:
     """The child of `jax_latency_ms_one_core`: prints {"latency_ms", "cores"} as its last line."""
-    import jax
     with open(path, 'rb') as f:
         saved = pickle.load(f)
-    model, variables, size = saved['model'], saved['variables'], saved['image_size']
-    apply = jax.jit(lambda v, x: model.apply(v, x, train=False))   # weights as an argument, not constants
-    image = np.zeros((size, size, 3), np.float32)
-    milliseconds = latency_ms(lambda x: apply(variables, x), image)
+    size = saved['image_size']
+    milliseconds = latency_ms(jax_logits_fn(saved['model'], saved['variables']), np.zeros((size, size, 3), np.float32))
     print(json.dumps({'latency_ms': milliseconds, 'cores': sorted(os.sched_getaffinity(0))}), flush=True)
